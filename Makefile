@@ -1,0 +1,36 @@
+# Set-up and entry points. `make run` and `make test` each create or reuse the virtual environment.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.saelab-installed
+ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench install clean
+
+install: $(STAMP)
+
+# torch is pinned first: on a CPU machine `torch==2.13.0` resolves to the local CPU wheel, on a GPU
+# machine to the CUDA build; an unpinned torch would pull gigabytes of CUDA wheels onto a CPU machine.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "saelab needs Python >= 3.10"'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/saelab run $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/extract_speed.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

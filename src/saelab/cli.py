@@ -1,0 +1,113 @@
+"""Command line: ``saelab run``, ``saelab datasets``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from saelab.errors import SaelabError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="saelab: are sparse autoencoders useful? Activations, SAEs, sparse probes and baselines.",
+)
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="YAML config; omit for the built-in quickstart"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config key: --set data.max_test=200 (repeatable)"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="run folder (default: runs/<name>); rerunning resumes it"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Run the pipeline: datasets -> activations -> SAEs -> probes -> results table and summary."""
+    from saelab.config import load_config
+    from saelab.pipeline.run import run_pipeline
+    from saelab.report import print_summary
+
+    cfg = load_config(config, set_ or [])
+    run_dir = out or Path("runs") / cfg.name
+    start = time.perf_counter()
+    outcome = run_pipeline(cfg, run_dir, progress=progress)
+    print_summary(outcome.results, console, title=f"{cfg.name}: mean test AUC over datasets")
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
+    console.print(
+        f"{len(outcome.results)} rows from {outcome.n_units} units "
+        f"({outcome.n_units_done_before} reused) in {time.perf_counter() - start:.1f}s [{stages}]"
+    )
+    console.print(
+        f"results: {run_dir / 'results.parquet'} and results.csv; config and timings: run.json"
+    )
+
+
+@app.command()
+def datasets(
+    ood: Annotated[bool, typer.Option("--ood", help="also list the 8 OOD test sets")] = False,
+) -> None:
+    """List the bundled datasets (name, rows, family)."""
+    from saelab.data import count_rows, list_bundled
+
+    table = Table(title="bundled datasets (from the sae-probes package)")
+    table.add_column("name")
+    table.add_column("rows", justify="right")
+    table.add_column("family")
+    table.add_column("kind")
+    infos = list_bundled(include_ood=ood)
+    for info in infos:
+        table.add_row(
+            info.name,
+            str(count_rows(info)),
+            info.family,
+            info.kind + (f" of {info.ood_of}" if info.ood_of else ""),
+        )
+    console.print(table)
+    console.print(f"{len(infos)} datasets")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors print one line and exit 2; Ctrl-C exits 130 (rerun to resume)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SaelabError as exc:
+        err_console.print(Text("error: ", style="bold red") + Text(str(exc)), highlight=False)
+        logging.getLogger("saelab").debug("user error", exc_info=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted: finished units are saved; rerun the same command to resume")
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except Exception as exc:  # click usage errors
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Abort):
+            return 130
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,535 @@
+"""The run: datasets -> splits -> activations -> SAEs -> probe units -> results, resumable.
+
+Stages, in order:
+
+1. **datasets**: load and validate every dataset of the config (a bad file stops the run before any
+   heavy work starts).
+2. **splits**: the paper's normal split per dataset (identical for baselines and SAE probes).
+3. **plan**: one probe unit per (dataset, setting, layer, method | SAE); units whose result file is
+   already in the run folder are done and skipped.
+4. **activations**: for datasets with work left, the rows used by any split, from the disk cache or
+   one forward pass (all layers at once, stopping after the deepest).
+5. **saes**: each SAE is trained (on token-level activations of training texts only, cached by
+   everything that affects it) or loaded, once per layer, and encodes every dataset.
+6. **probes**: baselines on pooled activations, SAE probes on sparse codes; each unit's rows are written
+   as soon as it finishes, so an interrupted run resumes where it stopped.
+7. **results**: ``results.parquet``/``results.csv``, ``run.json`` and a printed summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from saelab import __version__
+from saelab.config import RunConfig, SAEConfig
+from saelab.errors import ConfigError
+from saelab.io import hash_file, stable_hash, write_json_atomic
+from saelab.pipeline.logs import StageTimer, setup_logging
+from saelab.pipeline.store import ResultStore, package_versions
+from saelab.pipeline.units import LocalExecutor, UnitInputs, UnitSpec, run_unit
+
+log = logging.getLogger(__name__)
+
+SAE_CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$SAELAB_CACHE`` or ``~/.cache/saelab``."""
+    env = os.environ.get("SAELAB_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "saelab"
+
+
+@dataclass
+class RunOutcome:
+    """What a finished run produced."""
+
+    run_dir: Path
+    results: pd.DataFrame
+    timings: dict[str, float]
+    n_units: int
+    n_units_done_before: int
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """A dataset with its split and the rows whose activations are needed."""
+
+    dataset: Any
+    split: Any
+    rows: np.ndarray  # dataset row indices, in the order activations are stored
+    train_pos: np.ndarray  # positions of split.train inside rows
+    test_pos: np.ndarray
+
+
+def expand_dataset_names(names: list[str]) -> list[str]:
+    """Replace ``all`` with the 113 bundled binary datasets, keeping order and dropping repeats."""
+    from saelab.data import list_bundled
+
+    out: list[str] = []
+    for name in names:
+        items = [i.name for i in list_bundled()] if name == "all" else [name]
+        out.extend(i for i in items if i not in out)
+    return out
+
+
+def _prepare(cfg: RunConfig, timer: StageTimer) -> list[_Prepared]:
+    from saelab.data import load_dataset, normal_split
+
+    prepared = []
+    with timer("datasets"):
+        datasets = [
+            load_dataset(n, max_rows=cfg.data.max_rows)
+            for n in expand_dataset_names(cfg.data.datasets)
+        ]
+    with timer("splits"):
+        for ds in datasets:
+            split = normal_split(
+                ds.labels,
+                seed=cfg.seed,
+                max_train=cfg.data.max_train,
+                max_test=cfg.data.max_test,
+                dataset_name=ds.name,
+            )
+            rows = np.concatenate([split.train, split.test]).astype(np.int64)
+            n_tr = len(split.train)
+            prepared.append(
+                _Prepared(
+                    dataset=ds,
+                    split=split,
+                    rows=rows,
+                    train_pos=np.arange(n_tr),
+                    test_pos=np.arange(n_tr, len(rows)),
+                )
+            )
+    return prepared
+
+
+def _split_hash(split: Any) -> str:
+    return stable_hash(
+        {
+            "train": split.train.tolist(),
+            "test": split.test.tolist(),
+            "setting": split.setting,
+            "value": split.setting_value,
+        }
+    )
+
+
+def _activation_key(cfg: RunConfig, handle: Any, pooling: str, keep_tokens: bool) -> dict[str, Any]:
+    return {
+        "model_id": handle.model_id,
+        "pooling": pooling,
+        "max_length": cfg.model.max_length,
+        "dtype": str(handle.dtype),
+        "keep_tokens": keep_tokens,
+    }
+
+
+def _resolve_pooling(cfg: RunConfig, handle: Any) -> str:
+    if cfg.pooling != "auto":
+        return cfg.pooling
+    return "last" if handle.is_decoder else "mean"
+
+
+def _sae_layer(sc: SAEConfig, sae: Any) -> int | None:
+    """The layer a loaded SAE reads: from the config, else from its hook name."""
+    if sc.layer is not None:
+        return sc.layer
+    hook = (getattr(sae.cfg, "metadata", {}) or {}).get("hook_name")
+    if hook:
+        from saelab.activations import parse_hook_name
+
+        try:
+            return parse_hook_name(hook)
+        except Exception:
+            return None
+    return None
+
+
+def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> RunOutcome:
+    """Run (or resume) the whole pipeline for ``cfg`` in ``run_dir``."""
+    from saelab.activations import ActivationCache, hook_name, load_model
+
+    run_dir = Path(run_dir)
+    setup_logging(run_dir)
+    timer = StageTimer()
+    started = time.time()
+    cfg_hash = stable_hash(cfg.model_dump(mode="json"))
+    cache_root = Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir()
+    versions = package_versions()
+    log.info("run %s -> %s (config %s, cache %s)", cfg.name, run_dir, cfg_hash, cache_root)
+    store = ResultStore(run_dir)
+    run_json = run_dir / "run.json"
+    meta: dict[str, Any] = {
+        "name": cfg.name,
+        "config": cfg.model_dump(mode="json"),
+        "config_hash": cfg_hash,
+        "versions": versions,
+        "status": "running",
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "cache_dir": str(cache_root),
+    }
+    write_json_atomic(run_json, meta)
+
+    prepared = _prepare(cfg, timer)
+    log.info(
+        "%d datasets: %s",
+        len(prepared),
+        ", ".join(
+            f"{p.dataset.name} ({p.split.n_train} train / {p.split.n_test} test)" for p in prepared
+        ),
+    )
+
+    with timer("model"):
+        handle = load_model(
+            cfg.model.name,
+            revision=cfg.model.revision,
+            device=cfg.model.device,
+            dtype=cfg.model.dtype,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+    bad = [layer for layer in cfg.layers if layer >= handle.n_layers]
+    if bad:
+        raise ConfigError(
+            f"key 'layers': {bad} out of range for {cfg.model.name}, which has blocks 0..{handle.n_layers - 1}"
+        )
+    pooling = _resolve_pooling(cfg, handle)
+    trained = [s for s in cfg.saes if s.train is not None]
+    keep_tokens = bool(trained) or (
+        pooling == "mean" and cfg.probes.code_pooling == "pool_codes" and bool(cfg.saes)
+    )
+    act_key = _activation_key(cfg, handle, pooling, keep_tokens)
+    cache = ActivationCache(cache_root)
+    log.info(
+        "model %s (%s, %d blocks, d_model %d), pooling %s",
+        handle.name,
+        handle.model_id,
+        handle.n_layers,
+        handle.d_model,
+        pooling,
+    )
+
+    def activations(p: _Prepared) -> dict[int, Any]:
+        texts = [p.dataset.prompts[i] for i in p.rows]
+        with timer("activations"):
+            return cache.get_or_extract(
+                handle,
+                texts,
+                cfg.layers,
+                pooling,
+                max_length=cfg.model.max_length,
+                keep_tokens=keep_tokens,
+                batch_size=cfg.model.batch_size,
+                progress=progress,
+            )
+
+    # ---- SAEs: trained ones need training tokens, loaded ones are read once --------------------
+    saes: dict[tuple[str, int], Any] = {}
+    sae_keys: dict[tuple[str, int], str] = {}
+    sae_stats: dict[str, Any] = {}
+    _load_saes(cfg, handle, saes, sae_keys, timer)
+    train_keys = {
+        (sc.id, layer): _train_key(cfg, sc, handle, layer, pooling, prepared, act_key)
+        for sc in trained
+        for layer in cfg.layers
+    }
+    sae_keys.update(train_keys)
+
+    # ---- plan units ---------------------------------------------------------------------------
+    plan: list[tuple[_Prepared, UnitSpec]] = []
+    for p in prepared:
+        split_hash = _split_hash(p.split)
+        for layer in cfg.layers:
+            common = {
+                "dataset": p.dataset.name,
+                "dataset_hash": p.dataset.content_hash,
+                "family": p.dataset.family,
+                "setting": p.split.setting,
+                "setting_value": p.split.setting_value,
+                "split_hash": split_hash,
+                "layer": layer,
+                "hook_name": hook_name(layer),
+                "pooling": pooling,
+                "model": cfg.model.name,
+                "model_id": handle.model_id,
+                "seed": cfg.seed,
+                "activation_key": act_key,
+            }
+            for method in cfg.probes.baselines:
+                plan.append((p, UnitSpec(kind="baseline", method=method, **common)))
+            for sc in cfg.saes:
+                key = sae_keys.get((sc.id, layer))
+                if key is None:
+                    continue  # a loaded SAE that reads another layer
+                plan.append(
+                    (
+                        p,
+                        UnitSpec(
+                            kind="sae",
+                            method="sae",
+                            sae=sc.id,
+                            sae_key=key,
+                            ks=tuple(cfg.probes.ks),
+                            options={
+                                "latent_ranking": cfg.probes.latent_ranking,
+                                "code_pooling": cfg.probes.code_pooling
+                                if pooling == "mean"
+                                else "last",
+                                "penalty": "l2",
+                            },
+                            **common,
+                        ),
+                    )
+                )
+    done_before = sum(store.has(spec.key) for _, spec in plan)
+    log.info("%d probe units planned, %d already done in %s", len(plan), done_before, run_dir)
+
+    # ---- train SAEs that are not cached -------------------------------------------------------
+    missing_train = [
+        (sc, layer) for sc in trained for layer in cfg.layers if (sc.id, layer) not in saes
+    ]
+    needs_sae = any(spec.kind == "sae" and not store.has(spec.key) for _, spec in plan)
+    if missing_train and needs_sae:
+        _train_saes(
+            cfg,
+            missing_train,
+            train_keys,
+            prepared,
+            activations,
+            cache_root,
+            saes,
+            sae_stats,
+            handle,
+            timer,
+            progress,
+        )
+
+    # ---- probes, dataset by dataset -----------------------------------------------------------
+    executor = LocalExecutor()
+    by_dataset: dict[str, list[UnitSpec]] = {}
+    for p, spec in plan:
+        by_dataset.setdefault(p.dataset.name, []).append(spec)
+    bar = tqdm(total=len(plan) - done_before, desc="probe units", unit="unit", disable=not progress)
+    for p in prepared:
+        todo = [s for s in by_dataset.get(p.dataset.name, []) if not store.has(s.key)]
+        if not todo:
+            continue
+        acts = activations(p)
+        y = p.dataset.labels[p.rows]
+        y_train, y_test = y[p.train_pos], y[p.test_pos]
+        jobs = []
+        for spec in todo:
+            la = acts[spec.layer]
+            if spec.kind == "baseline":
+                x = la.pooled.numpy()
+                inputs = UnitInputs(x[p.train_pos], y_train, x[p.test_pos], y_test)
+            else:
+                sae = saes[(spec.sae, spec.layer)]
+                with timer("encode"):
+                    codes = _encode(sae, la, pooling, spec.options["code_pooling"], handle.device)
+                inputs = UnitInputs(codes[p.train_pos], y_train, codes[p.test_pos], y_test)
+            jobs.append((spec, inputs))
+        with timer("probes"):
+            for spec, rows in executor.map(run_unit, jobs):
+                for r in rows:
+                    r.update(
+                        run=cfg.name,
+                        config_hash=cfg_hash,
+                        saelab_version=__version__,
+                        versions=versions,
+                    )
+                store.put(spec.key, rows)
+                bar.update(1)
+        del acts
+    bar.close()
+
+    results = store.collect([spec.key for _, spec in plan])
+    store.write_tables(results)
+    meta.update(
+        status="complete",
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        seconds=time.time() - started,
+        stage_seconds=timer.seconds,
+        units={"planned": len(plan), "done_before": done_before},
+        pooling=pooling,
+        model_id=handle.model_id,
+        saes={f"{k[0]}@L{k[1]}": v for k, v in sae_keys.items()},
+        sae_training=sae_stats,
+        skipped=[],
+    )
+    write_json_atomic(run_json, meta)
+    log.info("wrote %s rows to %s", len(results), run_dir / "results.parquet")
+    return RunOutcome(run_dir, results, timer.seconds, len(plan), done_before)
+
+
+def _encode(sae: Any, la: Any, pooling: str, code_pooling: str, device: Any) -> Any:
+    from saelab.sae import encode_rows
+
+    mode = "code_pooled" if code_pooling in ("code_pooled", "last") else "pool_codes"
+    sae_device = next(sae.parameters()).device
+    return encode_rows(sae, la, pooling=pooling, mode=mode, device=sae_device)
+
+
+def _load_saes(cfg: RunConfig, handle: Any, saes: dict, sae_keys: dict, timer: StageTimer) -> None:
+    from saelab.sae import load_sae
+
+    for sc in cfg.saes:
+        if sc.path is None:
+            continue
+        with timer("saes"):
+            sae = load_sae(sc.path, device=str(handle.device))
+        layer = _sae_layer(sc, sae)
+        if layer is None:
+            raise ConfigError(
+                f"key 'saes.{sc.id}.layer': the SAE at {sc.path} names no hook; set the layer it reads"
+            )
+        if layer not in cfg.layers:
+            raise ConfigError(
+                f"key 'saes.{sc.id}.layer': layer {layer} is not in 'layers' {cfg.layers}"
+            )
+        if sae.d_in != handle.d_model:
+            raise ConfigError(
+                f"SAE {sc.id} at {sc.path} has d_in {sae.d_in} but {cfg.model.name} has d_model {handle.d_model}"
+            )
+        weights = Path(sc.path)
+        weights = weights / "sae_weights.safetensors" if weights.is_dir() else weights
+        saes[(sc.id, layer)] = sae.eval()
+        sae_keys[(sc.id, layer)] = stable_hash({"weights": hash_file(weights)})
+        log.info("loaded SAE %s for layer %d (d_sae %d) from %s", sc.id, layer, sae.d_sae, sc.path)
+
+
+def _train_key(
+    cfg: RunConfig,
+    sc: SAEConfig,
+    handle: Any,
+    layer: int,
+    pooling: str,
+    prepared: list[_Prepared],
+    act_key: dict,
+) -> str:
+    """Hash of everything that decides a trained SAE: training data, activations, trainer config."""
+    return stable_hash(
+        {
+            "version": SAE_CACHE_VERSION,
+            "train": sc.train.model_dump(mode="json") if sc.train else None,
+            "layer": layer,
+            "activations": act_key,
+            "data": [(p.dataset.content_hash, _split_hash(p.split)) for p in prepared],
+        },
+        length=24,
+    )
+
+
+def _train_saes(
+    cfg: RunConfig,
+    missing: list[tuple[SAEConfig, int]],
+    train_keys: dict,
+    prepared: list[_Prepared],
+    activations: Any,
+    cache_root: Path,
+    saes: dict,
+    sae_stats: dict,
+    handle: Any,
+    timer: StageTimer,
+    progress: bool,
+) -> None:
+    """Train (or load from the SAE cache) every trained SAE, on training-split tokens only."""
+    from saelab.activations import hook_name
+    from saelab.sae import TopKTrainConfig, load_sae, save_sae, train_topk_sae
+
+    todo = []
+    for sc, layer in missing:
+        folder = cache_root / "saes" / train_keys[(sc.id, layer)]
+        if (folder / "cfg.json").is_file():
+            try:
+                saes[(sc.id, layer)] = load_sae(folder, device=str(handle.device)).eval()
+                stats_file = folder / "training.json"
+                if stats_file.is_file():
+                    sae_stats[f"{sc.id}@L{layer}"] = json.loads(stats_file.read_text("utf-8"))
+                log.info("SAE %s layer %d: cached at %s", sc.id, layer, folder)
+                continue
+            except Exception as exc:
+                log.warning("cached SAE %s is unreadable (%s); retraining", folder, exc)
+        todo.append((sc, layer, folder))
+    if not todo:
+        return
+
+    # Training tokens: non-special tokens of the training texts only, a seeded sample per dataset.
+    layers = sorted({layer for _, layer, _ in todo})
+    quota = {sc.id: math.ceil(sc.train.max_tokens / len(prepared)) for sc, _, _ in todo}
+    per_layer: dict[tuple[str, int], list[torch.Tensor]] = {
+        (sc.id, layer): [] for sc, layer, _ in todo
+    }
+    for i, p in enumerate(
+        tqdm(prepared, desc="training tokens", unit="dataset", disable=not progress)
+    ):
+        acts = activations(p)
+        for layer in layers:
+            la = acts[layer].select_rows(torch.as_tensor(p.train_pos))
+            keep = (
+                ~la.special
+                if la.special is not None
+                else torch.ones(la.tokens.shape[0], dtype=torch.bool)
+            )
+            tokens = la.tokens[keep]
+            for sc, lyr, _ in todo:
+                if lyr != layer:
+                    continue
+                rng = np.random.default_rng([sc.train.seed, i])
+                n = min(quota[sc.id], tokens.shape[0])
+                pick = np.sort(rng.choice(tokens.shape[0], size=n, replace=False))
+                per_layer[(sc.id, layer)].append(tokens[torch.as_tensor(pick)])
+        del acts
+    for sc, layer, folder in todo:
+        data = torch.cat(per_layer.pop((sc.id, layer)))
+        tc = sc.train
+        d_sae = tc.expansion_factor * handle.d_model
+        train_cfg = TopKTrainConfig(
+            d_sae=d_sae, k=tc.k, lr=tc.lr, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed
+        )
+        log.info(
+            "training SAE %s for layer %d: %d tokens, d_sae %d, k %d",
+            sc.id,
+            layer,
+            data.shape[0],
+            d_sae,
+            tc.k,
+        )
+        with timer("saes"):
+            sae, stats = train_topk_sae(
+                data,
+                train_cfg,
+                device=str(handle.device),
+                progress=progress,
+                metadata={
+                    "hook_name": hook_name(layer),
+                    "model_name": cfg.model.name,
+                    "saelab_sae_id": sc.id,
+                },
+            )
+            save_sae(sae, folder)
+        write_json_atomic(folder / "training.json", stats)
+        sae_stats[f"{sc.id}@L{layer}"] = stats
+        log.info(
+            "SAE %s layer %d: fvu %.4f, l0 %.1f, dead %.1f%% in %.1fs",
+            sc.id,
+            layer,
+            stats.get("fvu", float("nan")),
+            stats.get("l0", float("nan")),
+            100 * stats.get("dead_fraction", float("nan")),
+            stats.get("seconds", float("nan")),
+        )
+        saes[(sc.id, layer)] = sae.eval()

@@ -1,0 +1,143 @@
+"""The results store of a run folder: one parquet file per finished unit, merged into tidy tables.
+
+Layout of a run folder::
+
+    run.json            resolved config, versions, stage timings, status
+    run.log             the log of every invocation
+    units/<key>.parquet rows of one finished probe unit (written atomically; presence = done)
+    results.parquet     all rows of the units planned by the current config
+    results.csv         the same, as CSV
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from saelab.io import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Columns every result row carries, in order. Later evals add their own columns after these.
+RESULT_COLUMNS: tuple[str, ...] = (
+    "run",
+    "dataset",
+    "family",
+    "setting",
+    "setting_value",
+    "layer",
+    "hook_name",
+    "pooling",
+    "method",
+    "sae",
+    "k",
+    "variant",
+    "n_train",
+    "n_test",
+    "test_auc",
+    "test_acc",
+    "val_auc",
+    "C",
+    "latents",
+    "seed",
+    "seconds",
+    "unit_seconds",
+    "model",
+    "model_id",
+    "unit_key",
+    "config_hash",
+    "unit_config",
+    "saelab_version",
+    "versions",
+)
+
+_VERSIONED = (
+    "torch",
+    "transformers",
+    "scikit-learn",
+    "numpy",
+    "pandas",
+    "safetensors",
+    "sae-probes",
+)
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of Python, saelab and the packages that affect results."""
+    out = {"python": platform.python_version()}
+    for name in ("saelab", *_VERSIONED):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+class ResultStore:
+    """Finished units of a run folder, keyed by the hash of everything that affects them."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.units_dir = self.run_dir / "units"
+        self.units_dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.units_dir / f"{key}.parquet"
+
+    def has(self, key: str) -> bool:
+        """True when the unit's rows are on disk and readable (a damaged file counts as missing)."""
+        path = self._path(key)
+        if not path.is_file():
+            return False
+        try:
+            pd.read_parquet(path, columns=["unit_key"])
+        except Exception as exc:
+            log.warning("result file %s is unreadable (%s); the unit will be recomputed", path, exc)
+            path.unlink(missing_ok=True)
+            return False
+        return True
+
+    def put(self, key: str, rows: list[dict[str, Any]]) -> None:
+        """Write the rows of one finished unit atomically."""
+        frame = normalise_rows(rows)
+        with atomic_path(self._path(key)) as tmp:
+            frame.to_parquet(tmp, index=False)
+
+    def collect(self, keys: list[str]) -> pd.DataFrame:
+        """All rows of the given units, in the given order."""
+        frames = [pd.read_parquet(self._path(k)) for k in keys if self._path(k).is_file()]
+        if not frames:
+            return normalise_rows([])
+        return pd.concat(frames, ignore_index=True)
+
+    def write_tables(self, frame: pd.DataFrame) -> tuple[Path, Path]:
+        """Write ``results.parquet`` and ``results.csv`` atomically."""
+        pq, csv = self.run_dir / "results.parquet", self.run_dir / "results.csv"
+        with atomic_path(pq) as tmp:
+            frame.to_parquet(tmp, index=False)
+        with atomic_path(csv) as tmp:
+            frame.to_csv(tmp, index=False)
+        return pq, csv
+
+
+def normalise_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """A frame with the standard columns first (missing ones as nulls), extra columns after."""
+    frame = pd.DataFrame(rows)
+    for col in RESULT_COLUMNS:
+        if col not in frame.columns:
+            frame[col] = None
+    extra = [c for c in frame.columns if c not in RESULT_COLUMNS]
+    frame = frame[list(RESULT_COLUMNS) + extra]
+    for col in ("latents", "unit_config", "versions"):
+        frame[col] = frame[col].map(
+            lambda v: v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True)
+        )
+    frame["k"] = frame["k"].astype("Int64")
+    frame["setting_value"] = frame["setting_value"].astype("Float64")
+    return frame

@@ -1,0 +1,28 @@
+"""saelab.probes: probe estimators, the paper's validation protocol and SAE latent selection.
+
+- ``LogisticProbe`` / ``fit_logistic_path``: exact L2 logistic regression (batched Newton).
+- ``validation_splits`` / ``select_hyperparameter`` / ``C_GRID``: the paper's protocol (spec 3.1).
+- ``fit_logreg_probe``: the logistic-regression baseline (spec 3.2).
+- ``rank_latents`` / ``fit_sae_probes``: top-k SAE latent probes on sparse codes (spec 4.1).
+"""
+
+from saelab.probes.baseline import fit_logreg_probe, fit_probe_protocol
+from saelab.probes.logistic import LogisticProbe, fit_logistic_path
+from saelab.probes.result import ProbeDataError, ProbeResult
+from saelab.probes.sae_probes import fit_sae_probes, rank_latents
+from saelab.probes.validation import C_GRID, roc_auc, select_hyperparameter, validation_splits
+
+__all__ = [
+    "C_GRID",
+    "LogisticProbe",
+    "ProbeDataError",
+    "ProbeResult",
+    "fit_logistic_path",
+    "fit_logreg_probe",
+    "fit_probe_protocol",
+    "fit_sae_probes",
+    "rank_latents",
+    "roc_auc",
+    "select_hyperparameter",
+    "validation_splits",
+]

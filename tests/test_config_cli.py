@@ -1,0 +1,115 @@
+"""Config validation and CLI behaviour on bad input (no model work)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from saelab.config import RunConfig, apply_overrides, load_config, quickstart_yaml
+from saelab.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_quickstart_example_is_the_builtin_config():
+    assert (ROOT / "examples" / "quickstart.yaml").read_text("utf-8") == quickstart_yaml()
+    cfg = load_config()
+    assert cfg.name == "quickstart"
+    assert len(cfg.layers) >= 2 and len(cfg.data.datasets) >= 8
+    assert cfg.saes[0].train is not None and cfg.saes[0].train.expansion_factor >= 8
+    assert max(cfg.probes.ks) == 128
+
+
+def test_paper_example_validates():
+    cfg = load_config(ROOT / "examples" / "paper_gemma2_9b.yaml")
+    assert cfg.layers == [20] and cfg.pooling == "last" and cfg.data.datasets == ["all"]
+    assert [s.path is not None for s in cfg.saes] == [True, True, True]
+
+
+def test_unknown_key_is_named(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\nprobes:\n  kz: [1, 2]\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'probes\.kz'") as ei:
+        load_config(p)
+    assert str(p) in str(ei.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("layers: [-1]\n", "layers"),
+        ("pooling: max\n", "pooling"),
+        ("probes:\n  ks: [0, 2]\n", "probes.ks"),
+        ("saes:\n  - id: a\n", "saes.0"),
+        ("saes:\n  - id: a\n    path: x\n    train: {}\n", "saes.0"),
+        ("saes:\n  - {id: a, path: x}\n  - {id: a, path: y}\n", "(top level)"),
+        ("data:\n  max_test: 0\n", "data.max_test"),
+        ("model:\n  dtype: float8\n", "model.dtype"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, text, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    assert f"'{key}'" in str(ei.value) or (key == "(top level)" and "unique" in str(ei.value))
+
+
+def test_set_overrides_keep_types():
+    data = apply_overrides({}, ["data.max_test=200", "layers=[1, 2]", "probes.ks=[4]", "name=abc"])
+    cfg = RunConfig.model_validate(data)
+    assert (
+        cfg.data.max_test == 200
+        and cfg.layers == [1, 2]
+        and cfg.probes.ks == [4]
+        and cfg.name == "abc"
+    )
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["oops"])
+
+
+def test_not_yaml_and_not_mapping(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("a: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+    p.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def _cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "saelab.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_cli_user_errors_exit_nonzero_without_traceback(tmp_path):
+    r = _cli("run", "--set", "probes.kz=1", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "unknown key 'probes.kz'" in r.stderr and "Traceback" not in r.stderr + r.stdout
+
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt,label\nhello,1\n")
+    r = _cli(
+        "run", "--set", f"data.datasets=['{bad}']", "--out", str(tmp_path / "run"), cwd=tmp_path
+    )
+    assert r.returncode == 2, r.stderr
+    assert "bad.csv" in r.stderr and "target" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_cli_lists_datasets(tmp_path):
+    r = _cli("datasets", "--ood", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "92_glue_sst2" in r.stdout and "87_glue_cola_OOD" in r.stdout
+    assert "121 datasets" in r.stdout
