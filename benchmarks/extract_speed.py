@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
-import pandas as pd
 import torch
 
 from saelab.activations import DEFAULT_MODEL, extract, load_model, pool_last, pool_mean
@@ -31,37 +30,24 @@ from saelab.activations.extract import resolve_max_length
 from saelab.activations.model import ModelHandle
 from saelab.io import write_text_atomic
 
-# Bundled sae-probes datasets of very different prompt lengths: names, arithmetic, headlines,
-# question pairs, news, reviews, medical abstracts, HTML code.
-DATASETS = (
-    "7_hist_fig_ispolitician",
-    "38_arith_difficulty",
-    "24_headline_isiran",
-    "91_glue_qqp",
-    "97_news_class",
-    "112_amzn_rev",
-    "101_disease_class",
-    "160_code_HTML",
-)
 START, END = "<!-- extract_speed:start -->", "<!-- extract_speed:end -->"
 T = TypeVar("T")
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def sample_texts(n_texts: int, seed: int) -> list[str]:
-    """``n_texts`` prompts drawn evenly from ``DATASETS`` with a fixed seed, shuffled together."""
-    import sae_probes
+    """``n_texts`` prompts drawn uniformly (fixed seed) from all rows of the paper's 113 datasets.
 
-    folder = Path(sae_probes.__file__).resolve().parent / "data" / "cleaned_data"
+    Uniform over rows, so the length mix is the paper's workload: mostly short prompts, a tail of
+    long news and code texts.
+    """
+    from saelab.data import list_bundled, load_dataset
+
+    pool: list[str] = []
+    for info in list_bundled():
+        pool.extend(load_dataset(info.name).prompts)
     rng = np.random.default_rng(seed)
-    per_set = -(-n_texts // len(DATASETS))
-    texts: list[str] = []
-    for name in DATASETS:
-        prompts = pd.read_csv(folder / f"{name}.csv.zst", compression="zstd")["prompt"].astype(str)
-        pick = rng.choice(len(prompts), size=min(per_set, len(prompts)), replace=False)
-        texts.extend(prompts.iloc[np.sort(pick)].tolist())
-    order = rng.permutation(len(texts))[:n_texts]
-    return [texts[i] for i in order]
+    return [pool[i] for i in rng.choice(len(pool), size=min(n_texts, len(pool)), replace=False)]
 
 
 def plain_extract(
@@ -171,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores "
         f"({torch.get_num_threads()} torch threads), device {handle.device}, torch "
         f"{torch.__version__}, Python {platform.python_version()}; load average "
-        f"{load_before:.1f} before, {load_after:.1f} after (other jobs share the machine)"
+        f"{load_before:.1f} before the run, {load_after:.1f} after it (1-minute averages, the "
+        "benchmark's own load included)"
     )
     report = "\n".join(
         [
@@ -181,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             f"- Machine: {machine}",
             f"- Model: {handle.name} ({handle.model_id}), {dtype_name}, layer {layer} of "
             f"{handle.n_layers}, {pooling} pooling, max_length {max_length}, left truncation",
-            f"- Texts: {len(texts)} prompts (seed {args.seed}) from {len(DATASETS)} bundled "
-            f"sae-probes datasets ({', '.join(DATASETS)}); {n_tokens} real tokens",
+            f"- Texts: {len(texts)} prompts (seed {args.seed}) drawn uniformly from the 334,092 "
+            f"rows of the paper's 113 bundled datasets; {n_tokens} real tokens",
             f"- Timing: one warm-up on 64 texts, then best of {args.repeats} runs each, the two "
             "methods alternating",
             "",

@@ -10,16 +10,6 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
-from transformers import (
-    AutoModel,
-    BertConfig,
-    Gemma2Config,
-    GPT2Config,
-    GPTNeoXConfig,
-    LlamaConfig,
-    PreTrainedTokenizerFast,
-)
 
 import saelab.activations.cache as cache_module
 import saelab.activations.model as model_module
@@ -38,14 +28,14 @@ from saelab.activations import (
 from saelab.activations.extract import tokenize
 from saelab.activations.model import resolve_dtype
 from saelab.errors import ConfigError, DatasetError, ModelError
-
-_WORD_LIST = (
-    "the a cat dog sat on mat big small red blue runs jumps over under tree house "
-    "bird sings loud quiet green old new fast slow"
+from tiny_models import (
+    HIDDEN,
+    N_LAYERS,
+    SPECIALS,
+    VOCAB,
+    build_tiny_model,
 )
-WORDS = _WORD_LIST.split()
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "<s>", "</s>"]
-VOCAB = {tok: i for i, tok in enumerate(SPECIALS + WORDS)}
+
 TEXTS = [
     "the cat sat on the mat",
     "dog",
@@ -55,8 +45,6 @@ TEXTS = [
     "green tree house",
     "new fast cat jumps over slow old dog and the loud bird",
 ]
-N_LAYERS = 3
-HIDDEN = 32
 ARCHS = ["gpt2", "llama", "gemma2", "neox", "bert"]
 # Where each architecture keeps its blocks, to check find_blocks (which knows no such table).
 BLOCK_PATHS = {
@@ -66,87 +54,6 @@ BLOCK_PATHS = {
     "neox": "layers",
     "bert": "encoder.layer",
 }
-
-
-def _config(arch: str):
-    v = len(VOCAB)
-    common = {"vocab_size": v, "bos_token_id": VOCAB["<s>"], "eos_token_id": VOCAB["</s>"]}
-    if arch == "gpt2":
-        return GPT2Config(n_layer=N_LAYERS, n_embd=HIDDEN, n_head=2, n_positions=64, **common)
-    if arch == "llama":
-        return LlamaConfig(
-            num_hidden_layers=N_LAYERS,
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            **common,
-        )
-    if arch == "gemma2":
-        return Gemma2Config(
-            num_hidden_layers=N_LAYERS,
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=8,
-            max_position_embeddings=128,
-            sliding_window=16,
-            **common,
-        )
-    if arch == "neox":
-        return GPTNeoXConfig(
-            num_hidden_layers=N_LAYERS,
-            hidden_size=HIDDEN,
-            intermediate_size=64,
-            num_attention_heads=4,
-            max_position_embeddings=128,
-            **common,
-        )
-    return BertConfig(
-        num_hidden_layers=N_LAYERS,
-        hidden_size=HIDDEN,
-        intermediate_size=64,
-        num_attention_heads=4,
-        max_position_embeddings=64,
-        pad_token_id=VOCAB["[PAD]"],
-        vocab_size=v,
-    )
-
-
-def _tokenizer(arch: str) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer: BERT style ([CLS] x [SEP], has pad), GPT-2 style (no BOS, no pad),
-    Llama style (<s> x, no pad)."""
-    tok = Tokenizer(models.WordLevel(VOCAB, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    if arch == "bert":
-        tok.post_processor = processors.TemplateProcessing(
-            single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-        )
-        return PreTrainedTokenizerFast(
-            tokenizer_object=tok,
-            unk_token="[UNK]",
-            pad_token="[PAD]",
-            cls_token="[CLS]",
-            sep_token="[SEP]",
-        )
-    if arch != "gpt2":
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", 4)]
-        )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
-    )
-
-
-def _build(folder: Path, arch: str, seed: int = 0) -> Path:
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = AutoModel.from_config(_config(arch))
-    model.save_pretrained(folder)
-    _tokenizer(arch).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,7 +72,7 @@ def _memo_dir_and_threads(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {arch: _build(root / arch, arch) for arch in ARCHS}
+    return {arch: build_tiny_model(root / arch, arch) for arch in ARCHS}
 
 
 @pytest.fixture(scope="module")
@@ -413,7 +320,7 @@ def test_model_errors(tmp_path, handles):
 
 def test_model_id_memo_and_change(tmp_path, monkeypatch):
     monkeypatch.setenv("SAELAB_CACHE", str(tmp_path / "memo"))
-    folder = _build(tmp_path / "m", "neox", seed=0)
+    folder = build_tiny_model(tmp_path / "m", "neox", seed=0)
     calls = []
     real_hash = model_module.hash_file
     monkeypatch.setattr(model_module, "hash_file", lambda p: calls.append(p) or real_hash(p))
@@ -423,7 +330,7 @@ def test_model_id_memo_and_change(tmp_path, monkeypatch):
     assert json.loads((tmp_path / "memo" / "file_hashes.json").read_text())
     assert load_model(str(folder)).model_id == first
     assert len(calls) == n_files  # memoised: nothing hashed again
-    _build(folder, "neox", seed=1)  # new weights in the same folder
+    build_tiny_model(folder, "neox", seed=1)  # new weights in the same folder
     second = load_model(str(folder)).model_id
     assert second != first and second.startswith("m@sha256:")
 

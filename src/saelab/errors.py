@@ -23,3 +23,11 @@ class ModelError(SaelabError):
 
 class SAEFileError(SaelabError):
     """An SAE file or folder is missing, malformed or describes an unsupported architecture."""
+
+
+class ProbeDataError(SaelabError, ValueError):
+    """Probe inputs are malformed: wrong shape, non-finite values, labels that are not two classes.
+
+    Also a ``ValueError``, so scikit-learn utilities that expect one (e.g. ``check_estimator``)
+    recognise it.
+    """

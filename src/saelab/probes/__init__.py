@@ -6,9 +6,10 @@
 - ``rank_latents`` / ``fit_sae_probes``: top-k SAE latent probes on sparse codes (spec 4.1).
 """
 
+from saelab.errors import ProbeDataError
 from saelab.probes.baseline import fit_logreg_probe, fit_probe_protocol
 from saelab.probes.logistic import LogisticProbe, fit_logistic_path
-from saelab.probes.result import ProbeDataError, ProbeResult
+from saelab.probes.result import ProbeResult
 from saelab.probes.sae_probes import fit_sae_probes, rank_latents
 from saelab.probes.validation import C_GRID, roc_auc, select_hyperparameter, validation_splits
 

@@ -19,13 +19,14 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from saelab.errors import ProbeDataError
 from saelab.probes.logistic import (
     ArrayLike,
     LogisticProbe,
     as_float64_matrix,
     limit_solver_threads,
 )
-from saelab.probes.result import ProbeDataError, ProbeResult
+from saelab.probes.result import ProbeResult
 from saelab.probes.validation import C_GRID, roc_auc, select_with_solution, validation_splits
 
 logger = logging.getLogger(__name__)

@@ -47,7 +47,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from threadpoolctl import ThreadpoolController
 
-from saelab.probes.result import ProbeDataError
+from saelab.errors import ProbeDataError
 
 logger = logging.getLogger(__name__)
 

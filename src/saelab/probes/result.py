@@ -5,16 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from saelab.errors import SaelabError
-
-
-class ProbeDataError(SaelabError, ValueError):
-    """Probe inputs are malformed: wrong shape, non-finite values, labels that are not two classes.
-
-    Also a ``ValueError``, so scikit-learn utilities that expect one (e.g. ``check_estimator``)
-    recognise it.
-    """
-
 
 @dataclass
 class ProbeResult:

@@ -17,10 +17,10 @@ import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
-from saelab.errors import ConfigError
+from saelab.errors import ConfigError, ProbeDataError
 from saelab.probes.baseline import binary_labels, fit_probe_protocol
 from saelab.probes.logistic import ArrayLike, limit_solver_threads
-from saelab.probes.result import ProbeDataError, ProbeResult
+from saelab.probes.result import ProbeResult
 from saelab.probes.validation import C_GRID
 
 logger = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from scipy.stats import rankdata
 from sklearn.model_selection import StratifiedKFold
 from tqdm.auto import tqdm
 
+from saelab.errors import ProbeDataError
 from saelab.probes.logistic import ArrayLike, as_float64_matrix, fit_logistic_path
-from saelab.probes.result import ProbeDataError
 
 logger = logging.getLogger(__name__)
 
