@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -109,9 +111,15 @@ def test_crash_mid_run_keeps_finished_units(setup, monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, tmp_path / "run", progress=False)
     assert len(list((tmp_path / "run" / "units").glob("*.parquet"))) == 3
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "interrupted" and meta["error"].startswith("KeyboardInterrupt")
     monkeypatch.setattr("saelab.pipeline.run.run_unit", real)
     resumed = run_pipeline(cfg, tmp_path / "run", progress=False)
     assert resumed.n_units_done_before == 3
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert meta["status"] == "complete" and "error" not in meta
+    assert [i["status"] for i in meta["invocations"]] == ["interrupted", "complete"]
+    assert meta["invocations"][1]["units_done_before"] == 3
     full = run_pipeline(cfg, tmp_path / "fresh", progress=False)
     cols = ["dataset", "layer", "method", "sae", "k", "test_auc", "val_auc", "C"]
     pd.testing.assert_frame_equal(resumed.results[cols], full.results[cols])

@@ -160,9 +160,12 @@ def _sae_layer(sc: SAEConfig, sae: Any) -> int | None:
 
 
 def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> RunOutcome:
-    """Run (or resume) the whole pipeline for ``cfg`` in ``run_dir``."""
-    from saelab.activations import ActivationCache, hook_name, load_model
+    """Run (or resume) the whole pipeline for ``cfg`` in ``run_dir``.
 
+    ``run.json`` is rewritten at the start and at the end of every invocation, with its status
+    (``running``, ``complete``, ``interrupted`` or ``failed`` with the error) and the history of
+    earlier invocations of the same folder.
+    """
     run_dir = Path(run_dir)
     setup_logging(run_dir)
     timer = StageTimer()
@@ -182,7 +185,82 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> RunOut
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "cache_dir": str(cache_root),
     }
+    history = _previous_invocations(run_json)
+    meta["invocations"] = history
     write_json_atomic(run_json, meta)
+    try:
+        outcome = _run_stages(
+            cfg, run_dir, progress, timer, store, meta, cache_root, cfg_hash, versions
+        )
+    except BaseException as exc:
+        status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+        _finish(
+            run_json, meta, history, status, started, timer, error=f"{type(exc).__name__}: {exc}"
+        )
+        raise
+    _finish(run_json, meta, history, "complete", started, timer)
+    log.info("wrote %s rows to %s", len(outcome.results), run_dir / "results.parquet")
+    return outcome
+
+
+def _previous_invocations(run_json: Path) -> list[dict[str, Any]]:
+    """The invocation history kept in an existing ``run.json`` (empty when absent or unreadable)."""
+    try:
+        old = json.loads(run_json.read_text("utf-8"))
+    except (OSError, ValueError):
+        return []
+    hist = old.get("invocations") if isinstance(old, dict) else None
+    return hist if isinstance(hist, list) else []
+
+
+def _finish(
+    run_json: Path,
+    meta: dict[str, Any],
+    history: list[dict[str, Any]],
+    status: str,
+    started: float,
+    timer: StageTimer,
+    error: str | None = None,
+) -> None:
+    """Record how this invocation ended (status, timings) in ``run.json``, keeping earlier ones."""
+    seconds = time.time() - started
+    meta.update(
+        status=status,
+        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        seconds=seconds,
+        stage_seconds=dict(timer.seconds),
+    )
+    if error:
+        meta["error"] = error
+    units = meta.get("units", {})
+    meta["invocations"] = [
+        *history,
+        {
+            "started": meta["started"],
+            "status": status,
+            "seconds": seconds,
+            "stage_seconds": dict(timer.seconds),
+            "units_planned": units.get("planned"),
+            "units_done_before": units.get("done_before"),
+            **({"error": error} if error else {}),
+        },
+    ]
+    write_json_atomic(run_json, meta)
+
+
+def _run_stages(
+    cfg: RunConfig,
+    run_dir: Path,
+    progress: bool,
+    timer: StageTimer,
+    store: ResultStore,
+    meta: dict[str, Any],
+    cache_root: Path,
+    cfg_hash: str,
+    versions: dict[str, str],
+) -> RunOutcome:
+    """Stages 1-7 of the module docstring; ``meta`` collects what ``run.json`` reports."""
+    from saelab.activations import ActivationCache, hook_name, load_model
 
     prepared = _prepare(cfg, timer)
     log.info(
@@ -296,6 +374,7 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> RunOut
                 )
     done_before = sum(store.has(spec.key) for _, spec in plan)
     log.info("%d probe units planned, %d already done in %s", len(plan), done_before, run_dir)
+    meta["units"] = {"planned": len(plan), "done_before": done_before}
 
     # ---- train SAEs that are not cached -------------------------------------------------------
     missing_train = [
@@ -359,19 +438,12 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> RunOut
     results = store.collect([spec.key for _, spec in plan])
     store.write_tables(results)
     meta.update(
-        status="complete",
-        finished=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        seconds=time.time() - started,
-        stage_seconds=timer.seconds,
-        units={"planned": len(plan), "done_before": done_before},
         pooling=pooling,
         model_id=handle.model_id,
         saes={f"{k[0]}@L{k[1]}": v for k, v in sae_keys.items()},
         sae_training=sae_stats,
         skipped=[],
     )
-    write_json_atomic(run_json, meta)
-    log.info("wrote %s rows to %s", len(results), run_dir / "results.parquet")
     return RunOutcome(run_dir, results, timer.seconds, len(plan), done_before)
 
 
