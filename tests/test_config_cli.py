@@ -71,6 +71,15 @@ def test_set_overrides_keep_types():
         apply_overrides({}, ["oops"])
 
 
+def test_set_indexes_lists_and_names_bad_paths():
+    cfg = load_config(None, ["saes.0.train.k=16", "data.datasets.1=92_glue_sst2"])
+    assert cfg.saes[0].train.k == 16 and cfg.data.datasets[1] == "92_glue_sst2"
+    with pytest.raises(ConfigError, match="not an index of the 1-item list 'saes'"):
+        load_config(None, ["saes.3.train.k=16"])
+    with pytest.raises(ConfigError, match="'name' is not a section"):
+        load_config(None, ["name.x=1"])
+
+
 def test_not_yaml_and_not_mapping(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("a: [1, 2\n")

@@ -165,18 +165,35 @@ def parse_set_option(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set key=value`` overrides to a raw config mapping (before validation)."""
+    """Apply ``--set key=value`` overrides to a raw config mapping (before validation).
+
+    Keys are dotted paths; a number indexes a list (``saes.0.train.k=16``).
+    """
     for item in overrides:
         parts, value = parse_set_option(item)
-        node = data
-        for p in parts[:-1]:
-            nxt = node.get(p)
-            if nxt is None:
-                nxt = node[p] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {'.'.join(parts)}: '{p}' is not a section")
-            node = nxt
-        node[parts[-1]] = value
+        dotted = ".".join(parts)
+        node: Any = data
+        for depth, p in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not p.isdigit() or int(p) >= len(node):
+                    raise ConfigError(
+                        f"--set {dotted}: '{p}' is not an index of the {len(node)}-item list "
+                        f"'{'.'.join(parts[:depth])}'"
+                    )
+                if last:
+                    node[int(p)] = value
+                else:
+                    node = node[int(p)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {dotted}: '{'.'.join(parts[:depth])}' is not a section")
+            if last:
+                node[p] = value
+            else:
+                if node.get(p) is None:
+                    node[p] = {}
+                node = node[p]
     return data
 
 
