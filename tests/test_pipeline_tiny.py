@@ -123,3 +123,15 @@ def test_crash_mid_run_keeps_finished_units(setup, monkeypatch, tmp_path):
     full = run_pipeline(cfg, tmp_path / "fresh", progress=False)
     cols = ["dataset", "layer", "method", "sae", "k", "test_auc", "val_auc", "C"]
     pd.testing.assert_frame_equal(resumed.results[cols], full.results[cols])
+
+
+def test_two_files_with_one_name_are_refused(setup, tmp_path):
+    from saelab.errors import ConfigError
+
+    root, model = setup
+    (tmp_path / "other").mkdir()
+    _write_dataset(tmp_path / "other" / "first.csv", 200, seed=5)
+    cfg = _config(root, model).model_copy(deep=True)
+    cfg.data.datasets = [str(root / "first.csv"), str(tmp_path / "other" / "first.csv")]
+    with pytest.raises(ConfigError, match="two datasets are named 'first'"):
+        run_pipeline(cfg, tmp_path / "run", progress=False)

@@ -94,6 +94,14 @@ def _prepare(cfg: RunConfig, timer: StageTimer) -> list[_Prepared]:
             load_dataset(n, max_rows=cfg.data.max_rows)
             for n in expand_dataset_names(cfg.data.datasets)
         ]
+    seen: dict[str, Any] = {}
+    for ds in datasets:
+        if ds.name in seen:
+            raise ConfigError(
+                f"key 'data.datasets': two datasets are named {ds.name!r} ({seen[ds.name]} and "
+                f"{ds.path}); result rows are keyed by name, so rename one file"
+            )
+        seen[ds.name] = ds.path
     with timer("splits"):
         for ds in datasets:
             split = normal_split(
@@ -286,9 +294,9 @@ def _run_stages(
         )
     pooling = _resolve_pooling(cfg, handle)
     trained = [s for s in cfg.saes if s.train is not None]
-    keep_tokens = bool(trained) or (
-        pooling == "mean" and cfg.probes.code_pooling == "pool_codes" and bool(cfg.saes)
-    )
+    # Token-level activations of every row are needed only for the mean of per-token codes; SAE
+    # training needs them for the training rows alone (read separately, see train_rows below).
+    keep_tokens = pooling == "mean" and cfg.probes.code_pooling == "pool_codes" and bool(cfg.saes)
     act_key = _activation_key(cfg, handle, pooling, keep_tokens)
     cache = ActivationCache(cache_root)
     log.info(
@@ -310,6 +318,25 @@ def _run_stages(
                 pooling,
                 max_length=cfg.model.max_length,
                 keep_tokens=keep_tokens,
+                batch_size=cfg.model.batch_size,
+                progress=progress,
+            )
+
+    def train_rows(p: _Prepared) -> dict[int, Any]:
+        """Token-level activations of the training rows only (what SAE training reads)."""
+        if keep_tokens:
+            acts = activations(p)
+            rows = torch.as_tensor(p.train_pos)
+            return {layer: la.select_rows(rows) for layer, la in acts.items()}
+        texts = [p.dataset.prompts[i] for i in p.split.train]
+        with timer("activations"):
+            return cache.get_or_extract(
+                handle,
+                texts,
+                cfg.layers,
+                pooling,
+                max_length=cfg.model.max_length,
+                keep_tokens=True,
                 batch_size=cfg.model.batch_size,
                 progress=progress,
             )
@@ -387,7 +414,7 @@ def _run_stages(
             missing_train,
             train_keys,
             prepared,
-            activations,
+            train_rows,
             cache_root,
             saes,
             sae_stats,
@@ -510,7 +537,7 @@ def _train_saes(
     missing: list[tuple[SAEConfig, int]],
     train_keys: dict,
     prepared: list[_Prepared],
-    activations: Any,
+    train_rows: Any,
     cache_root: Path,
     saes: dict,
     sae_stats: dict,
@@ -548,9 +575,9 @@ def _train_saes(
     for i, p in enumerate(
         tqdm(prepared, desc="training tokens", unit="dataset", disable=not progress)
     ):
-        acts = activations(p)
+        acts = train_rows(p)
         for layer in layers:
-            la = acts[layer].select_rows(torch.as_tensor(p.train_pos))
+            la = acts[layer]
             keep = (
                 ~la.special
                 if la.special is not None
