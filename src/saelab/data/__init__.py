@@ -2,7 +2,8 @@
 
 - :mod:`~saelab.data.registry`: the 113 binary and 8 OOD datasets shipped with ``sae-probes``.
 - :mod:`~saelab.data.datasets`: load and validate a bundled set or a CSV/zstd CSV/Parquet file.
-- :mod:`~saelab.data.splits`: the paper's train/test draws (normal setting; more regimes later).
+- :mod:`~saelab.data.splits`: the paper's train/test draws for the five settings (normal, scarcity,
+  class imbalance, label noise, OOD).
 """
 
 from saelab.data.datasets import (
@@ -21,10 +22,32 @@ from saelab.data.registry import (
     find_bundled,
     list_bundled,
 )
-from saelab.data.splits import Split, normal_split, train_test_indices
+from saelab.data.splits import (
+    BUNDLED_OOD_CLASS_MAPS,
+    IMBALANCE_FRACTIONS,
+    LABEL_NOISE_RATIOS,
+    OOD_PAIRS,
+    SCARCITY_SIZES,
+    Split,
+    flip_labels,
+    imbalance_sizes,
+    imbalance_splits,
+    label_noise_splits,
+    load_ood_pair,
+    match_ood_classes,
+    normal_split,
+    ood_split,
+    scarcity_splits,
+    train_test_indices,
+)
 
 __all__ = [
+    "BUNDLED_OOD_CLASS_MAPS",
     "FAMILY_NUMBERS",
+    "IMBALANCE_FRACTIONS",
+    "LABEL_NOISE_RATIOS",
+    "OOD_PAIRS",
+    "SCARCITY_SIZES",
     "SUPPORTED_SUFFIXES",
     "Dataset",
     "DatasetInfo",
@@ -35,8 +58,16 @@ __all__ = [
     "count_rows",
     "encode_labels",
     "find_bundled",
+    "flip_labels",
+    "imbalance_sizes",
+    "imbalance_splits",
+    "label_noise_splits",
     "list_bundled",
     "load_dataset",
+    "load_ood_pair",
+    "match_ood_classes",
     "normal_split",
+    "ood_split",
+    "scarcity_splits",
     "train_test_indices",
 ]

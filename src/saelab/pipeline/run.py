@@ -126,14 +126,8 @@ def _prepare(cfg: RunConfig, timer: StageTimer) -> list[_Prepared]:
 
 
 def _split_hash(split: Any) -> str:
-    return stable_hash(
-        {
-            "train": split.train.tolist(),
-            "test": split.test.tolist(),
-            "setting": split.setting,
-            "value": split.setting_value,
-        }
-    )
+    """Hash of everything that identifies a split (rows, setting, seed, noisy labels, test source)."""
+    return stable_hash(split.key_parts())
 
 
 def _activation_key(cfg: RunConfig, handle: Any, pooling: str, keep_tokens: bool) -> dict[str, Any]:
