@@ -302,8 +302,7 @@ def _run_stages(
         pooling,
     )
 
-    def activations(p: _Prepared) -> dict[int, Any]:
-        texts = [p.dataset.prompts[i] for i in p.rows]
+    def read_or_extract(texts: list[str], with_tokens: bool) -> dict[int, Any]:
         with timer("activations"):
             return cache.get_or_extract(
                 handle,
@@ -311,29 +310,21 @@ def _run_stages(
                 cfg.layers,
                 pooling,
                 max_length=cfg.model.max_length,
-                keep_tokens=keep_tokens,
+                keep_tokens=with_tokens,
                 batch_size=cfg.model.batch_size,
                 progress=progress,
             )
 
+    def activations(p: _Prepared) -> dict[int, Any]:
+        """Activations of every row the splits use (pooled; token-level when mean-of-codes needs them)."""
+        return read_or_extract([p.dataset.prompts[i] for i in p.rows], keep_tokens)
+
     def train_rows(p: _Prepared) -> dict[int, Any]:
         """Token-level activations of the training rows only (what SAE training reads)."""
         if keep_tokens:
-            acts = activations(p)
             rows = torch.as_tensor(p.train_pos)
-            return {layer: la.select_rows(rows) for layer, la in acts.items()}
-        texts = [p.dataset.prompts[i] for i in p.split.train]
-        with timer("activations"):
-            return cache.get_or_extract(
-                handle,
-                texts,
-                cfg.layers,
-                pooling,
-                max_length=cfg.model.max_length,
-                keep_tokens=True,
-                batch_size=cfg.model.batch_size,
-                progress=progress,
-            )
+            return {layer: la.select_rows(rows) for layer, la in activations(p).items()}
+        return read_or_extract([p.dataset.prompts[i] for i in p.split.train], True)
 
     # ---- SAEs: trained ones need training tokens, loaded ones are read once --------------------
     saes: dict[tuple[str, int], Any] = {}
