@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +60,6 @@ class RunOutcome:
     timings: dict[str, float]
     n_units: int
     n_units_done_before: int
-    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -454,7 +453,6 @@ def _run_stages(
         model_id=handle.model_id,
         saes={f"{k[0]}@L{k[1]}": v for k, v in sae_keys.items()},
         sae_training=sae_stats,
-        skipped=[],
     )
     return RunOutcome(run_dir, results, timer.seconds, len(plan), done_before)
 
