@@ -6,7 +6,7 @@ STAMP := $(VENV)/.saelab-installed
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test lint bench install clean
+.PHONY: run test browser lint bench install clean
 
 install: $(STAMP)
 
@@ -22,8 +22,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/saelab run $(ARGS)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+# The report test opens report.html in headless Chromium (Debian package; we run as root).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium)
+
+test: $(STAMP) browser
+	SAELAB_BROWSER_TEST=required $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
@@ -31,6 +35,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/extract_speed.py
+	$(BIN)/python benchmarks/regime_speed.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -48,6 +48,12 @@ def test_unknown_key_is_named(tmp_path):
         ("saes:\n  - {id: a, path: x}\n  - {id: a, path: y}\n", "(top level)"),
         ("data:\n  max_test: 0\n", "data.max_test"),
         ("model:\n  dtype: float8\n", "model.dtype"),
+        ("settings: [normal, scarce]\n", "settings.1"),
+        ("probes:\n  baselines: [logreg, svm]\n", "probes.baselines.1"),
+        ("probes:\n  sae_variants: [{penalty: l3}]\n", "probes.sae_variants.0.penalty"),
+        ("probes:\n  sae_variants: [{penalty: l1, pool: max}]\n", "probes.sae_variants.0.pool"),
+        ("regimes:\n  scarcity: {valus: [2]}\n", "regimes.scarcity.valus"),
+        ("regimes:\n  ood: {pairs: [{dataset: a}]}\n", "regimes.ood.pairs.0.ood"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, text, key):
@@ -122,3 +128,31 @@ def test_cli_lists_datasets(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "92_glue_sst2" in r.stdout and "87_glue_cola_OOD" in r.stdout
     assert "121 datasets" in r.stdout
+
+
+def test_regime_options_resolve_per_setting():
+    cfg = load_config(
+        None,
+        [
+            "settings=[ood, normal, label_noise]",
+            "probes.baselines=[logreg, knn]",
+            "probes.sae_variants=[{penalty: l1}, {penalty: l2, binarize: true}]",
+            "regimes.label_noise.baselines=[logreg]",
+            "regimes.label_noise.sae_variants=all",
+            "regimes.ood.layers=[4]",
+        ],
+    )
+    assert cfg.settings == ["normal", "label_noise", "ood"]  # the paper's order
+    assert cfg.baselines_for("normal") == ["logreg", "knn"]
+    assert cfg.baselines_for("label_noise") == ["logreg"]
+    assert cfg.layers_for("ood") == [4] and cfg.layers_for("normal") == [2, 4]
+    assert cfg.ks_for("normal") == [1, 2, 4, 8, 16, 32, 64, 128] and cfg.ks_for("ood") == [16, 128]
+    assert [v.label("mean") for v in cfg.variants_for("label_noise")] == ["l1", "l2+bin"]
+    assert [v.label("mean") for v in cfg.variants_for("ood")] == ["l1"]
+
+
+def test_regime_layers_must_be_run_layers():
+    with pytest.raises(ConfigError, match=r"regimes.scarcity.layers \[7\]"):
+        load_config(None, ["regimes.scarcity.layers=[7]"])
+    with pytest.raises(ConfigError, match="takes no 'values'"):
+        load_config(None, ["regimes.normal.values=[1]"])

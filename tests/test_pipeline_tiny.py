@@ -135,3 +135,92 @@ def test_two_files_with_one_name_are_refused(setup, tmp_path):
     cfg.data.datasets = [str(root / "first.csv"), str(tmp_path / "other" / "first.csv")]
     with pytest.raises(ConfigError, match="two datasets are named 'first'"):
         run_pipeline(cfg, tmp_path / "run", progress=False)
+
+
+def test_five_regimes_encode_once_and_skip_what_cannot_be_done(setup, monkeypatch, tmp_path):
+    root, model = setup
+    _write_dataset(root / "first_shifted.csv", 120, seed=7)
+    cfg = _config(root, model).model_copy(deep=True)
+    data = cfg.model_dump(mode="json")
+    data["layers"] = [1]
+    data["saes"] = [data["saes"][0]]
+    data["settings"] = ["ood", "label_noise", "normal", "scarcity", "imbalance"]
+    data["probes"] = {
+        "baselines": ["logreg", "knn"],
+        "ks": [2, 8],
+        "regime_ks": [8],
+        "sae_variants": [
+            {"penalty": "l1"},
+            {"penalty": "l2", "binarize": True},
+            {"penalty": "l2", "code_pooling": "max"},
+        ],
+    }
+    data["regimes"] = {
+        "scarcity": {"values": [4, 10, 200]},  # 200 > N - 100 for the 260-row set
+        "imbalance": {"values": [0.2, 0.5]},
+        "label_noise": {"values": [0.0, 0.3], "baselines": ["logreg"]},
+        "ood": {
+            "pairs": [
+                {"dataset": "first", "ood": str(root / "first_shifted.csv")},
+                {"dataset": "second", "ood": str(root / "missing.csv")},
+            ]
+        },
+    }
+    cfg = RunConfig.model_validate(data)
+    import saelab.sae as sae_pkg
+
+    calls: list[tuple[str, int]] = []
+    real_encode = sae_pkg.encode_rows
+
+    def counting(sae, acts, pooling, mode="pool_codes", **kw):
+        calls.append((mode, acts.n_rows))
+        return real_encode(sae, acts, pooling, mode=mode, **kw)
+
+    monkeypatch.setattr(sae_pkg, "encode_rows", counting)
+    out = run_pipeline(cfg, tmp_path / "run", progress=False)
+    res = out.results
+    assert list(dict.fromkeys(res.setting)) == [
+        "normal",
+        "scarcity",
+        "imbalance",
+        "label_noise",
+        "ood",
+    ]
+    # codes: once per (dataset, code pooling) for all settings, plus once for the OOD set
+    assert sorted(calls) == sorted(
+        [("code_pooled", n) for n in (300, 260)]
+        + [("max_codes", n) for n in (300, 260)]
+        + [("code_pooled", 120)]
+    )
+    # what could not be done is recorded, and the run went on
+    skipped = {(s.dataset, s.setting, s.setting_value) for s in out.skipped}
+    assert skipped == {("second", "scarcity", 200.0), ("second", "ood", None)}
+    meta = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert len(meta["skipped"]) == 2 and "missing.csv" in json.dumps(meta["skipped"])
+    assert len(pd.read_csv(tmp_path / "run" / "skipped.csv")) == 2
+    sc = res[(res.setting == "scarcity") & (res.method == "logreg")]
+    assert sorted(sc[sc.dataset == "first"].n_train) == [4, 10, 200]
+    # variants: all three in normal, the primary (l1) elsewhere; baselines per setting
+    normal_variants = set(res[(res.setting == "normal") & (res.method == "sae")].variant)
+    assert normal_variants == {"l1", "l2+bin", "l2+max"}
+    assert set(res[(res.setting != "normal") & (res.method == "sae")].variant) == {"l1"}
+    assert set(res[res.setting == "label_noise"].method) == {"logreg", "sae"}
+    assert set(res[res.setting == "imbalance"].method) == {"logreg", "knn", "sae"}
+    # label noise at r = 0 is the normal setting exactly; noise hurts
+    ln = res[(res.setting == "label_noise") & (res.method == "logreg")].set_index(
+        ["dataset", "setting_value"]
+    )
+    normal = res[(res.setting == "normal") & (res.method == "logreg")].set_index("dataset")
+    for ds in ("first", "second"):
+        assert ln.loc[(ds, 0.0), "test_auc"] == normal.loc[ds, "test_auc"]
+    # OOD: trained on the ID set, tested on every row of the shifted file
+    ood = res[res.setting == "ood"]
+    assert set(ood.dataset) == {"first"} and (ood.n_test == 120).all()
+    assert (ood.test_source == "first_shifted").all()
+    # imbalance: the same training size for every fraction
+    imb = res[(res.setting == "imbalance") & (res.method == "logreg")]
+    assert imb.groupby("dataset").n_train.nunique().max() == 1
+    # everything is resumable: a rerun does nothing new
+    again = run_pipeline(cfg, tmp_path / "run", progress=False)
+    assert again.n_units_done_before == again.n_units == out.n_units
+    pd.testing.assert_frame_equal(again.results, res)

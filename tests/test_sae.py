@@ -667,3 +667,21 @@ def test_build_rejects_bad_in_memory_config() -> None:
     assert isinstance(build_sae(SAEConfig(4, 8, "jumprelu")), JumpReLUSAE)
     assert isinstance(build_sae(SAEConfig(4, 8, "gated")), GatedSAE)
     assert isinstance(build_sae(SAEConfig(4, 8, "standard")), StandardSAE)
+
+
+@pytest.mark.parametrize("budget", [1, D_SAE, 3 * D_SAE + 1, 2**26])
+def test_encode_rows_max_codes_skips_special_tokens(budget: int) -> None:
+    sae = _random_sae("topk", {"k": 5})
+    acts = _layer_acts(LENGTHS)
+    special = torch.zeros(acts.tokens.shape[0], dtype=torch.bool)
+    special[acts.offsets[:-1]] = True  # first token of every text is "BOS"
+    acts = LayerActivations(acts.pooled, acts.tokens, acts.offsets, special)
+    out = encode_rows(sae, acts, pooling="last", mode="max_codes", max_batch_elems=budget)
+    with torch.no_grad():
+        expect = []
+        for i, n in enumerate(LENGTHS):
+            a, b = int(acts.offsets[i]), int(acts.offsets[i + 1])
+            toks = acts.tokens[a + 1 : b] if n > 1 else acts.tokens[a:b]  # 1-token texts keep it
+            expect.append(sae.encode(toks).amax(0).clamp_min(0))
+    np.testing.assert_allclose(out.toarray(), torch.stack(expect).numpy(), rtol=1e-6, atol=1e-6)
+    assert out.has_canonical_format and out.shape == (len(LENGTHS), D_SAE)

@@ -1,4 +1,4 @@
-"""Command line: ``saelab run``, ``saelab datasets``."""
+"""Command line: ``saelab run``, ``saelab report``, ``saelab compare``, ``saelab datasets``."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import pandas as pd
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -39,17 +40,42 @@ def run(
         typer.Option("--out", help="run folder (default: runs/<name>); rerunning resumes it"),
     ] = None,
     progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+    report: Annotated[
+        bool, typer.Option(help="build summary.csv, plots and report.html at the end")
+    ] = True,
 ) -> None:
-    """Run the pipeline: datasets -> activations -> SAEs -> probes -> results table and summary."""
+    """Run the pipeline: datasets -> activations -> SAEs -> probes -> results, summary, report."""
     from saelab.config import load_config
     from saelab.pipeline.run import run_pipeline
-    from saelab.report import print_summary
+    from saelab.report import print_regime_summary, print_summary
 
     cfg = load_config(config, set_ or [])
     run_dir = out or Path("runs") / cfg.name
     start = time.perf_counter()
     outcome = run_pipeline(cfg, run_dir, progress=progress)
-    print_summary(outcome.results, console, title=f"{cfg.name}: mean test AUC over datasets")
+    summary = None
+    if report:
+        from saelab.report import build_report
+
+        try:
+            html = build_report(run_dir)
+            summary = pd.read_csv(run_dir / "summary.csv")
+            console.print(f"report: {html}")
+        except Exception as exc:  # the results are saved; a report failure must not hide them
+            logging.getLogger("saelab").warning(
+                "could not build the report (%s: %s); rebuild it with: saelab report %s",
+                type(exc).__name__,
+                exc,
+                run_dir,
+            )
+    if summary is not None and not summary.empty:
+        print_regime_summary(summary, console, sae_ks=cfg.probes.quiver_ks)
+    else:
+        print_summary(outcome.results, console, title=f"{cfg.name}: mean test AUC over datasets")
+    if outcome.skipped:
+        console.print(
+            f"{len(outcome.skipped)} item(s) skipped (warnings above; list in skipped.csv)"
+        )
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
     console.print(
         f"{len(outcome.results)} rows from {outcome.n_units} units "
@@ -82,6 +108,48 @@ def datasets(
         )
     console.print(table)
     console.print(f"{len(infos)} datasets")
+
+
+@app.command()
+def compare(
+    run_dir: Annotated[Path, typer.Argument(help="run folder with results.parquet")],
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="reference CSV (default: the paper's numbers, spec 6)"),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", help="reference model, e.g. gemma-2-9b (default: the run's)"),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="also write the comparison to this CSV")
+    ] = None,
+) -> None:
+    """Compare a run's mean test AUCs with the paper's headline numbers."""
+    from saelab.io import atomic_path
+    from saelab.report.compare import compare_with_reference, print_comparison
+
+    table = compare_with_reference(run_dir, reference=reference, model=model)
+    print_comparison(table, console)
+    if out is not None:
+        with atomic_path(out) as tmp:
+            table.to_csv(tmp, index=False)
+        console.print(f"comparison: {out}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="run folder with results.parquet and run.json")],
+    n_boot: Annotated[
+        int,
+        typer.Option("--n-boot", min=1, help="bootstrap draws per confidence interval"),
+    ] = 2000,
+) -> None:
+    """Rebuild a run's quivers, summary, plots and self-contained report.html from its results."""
+    from saelab.report.build import build_report
+
+    path = build_report(run_dir, n_boot=n_boot)
+    console.print(f"report: {path}", soft_wrap=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -81,25 +81,148 @@ class SAEConfig(_Section):
         return self
 
 
+SettingName = Literal["normal", "scarcity", "imbalance", "label_noise", "ood"]
+SETTINGS: tuple[str, ...] = ("normal", "scarcity", "imbalance", "label_noise", "ood")
+BaselineName = Literal["logreg", "pca", "knn", "xgboost", "mlp"]
+
+
+class SAEVariant(_Section):
+    """How an SAE probe is fitted: penalty, binarized codes, and how per-token codes are pooled."""
+
+    penalty: Literal["l1", "l2"] = Field(
+        "l1", description="logistic-regression penalty (paper: l1 with saga; saelab: liblinear)"
+    )
+    binarize: bool = Field(False, description="use the indicator code != 0 instead of the code")
+    code_pooling: Literal["auto", "pooled", "mean", "max"] = Field(
+        "auto",
+        description=(
+            "'pooled': code of the pooled activation (sae-probes); 'mean' / 'max': mean / max of "
+            "per-token codes (token-level runs); 'auto': 'mean' when activations are mean-pooled, "
+            "'pooled' for last-token runs"
+        ),
+    )
+
+    def resolved_pooling(self, pooling: str) -> str:
+        """The code pooling actually used for activation pooling ``pooling`` (last | mean)."""
+        if self.code_pooling != "auto":
+            return self.code_pooling
+        return "mean" if pooling == "mean" else "pooled"
+
+    def label(self, pooling: str) -> str:
+        """Short variant label: ``l1``, ``l2+bin``, ``l1+max`` (the auto code pooling is implied)."""
+        parts = [self.penalty] + (["bin"] if self.binarize else [])
+        cp = self.resolved_pooling(pooling)
+        if cp != SAEVariant().resolved_pooling(pooling):
+            parts.append(cp)
+        return "+".join(parts)
+
+
 class ProbeConfig(_Section):
     """Probe settings shared by the baselines and the SAE probes."""
 
-    baselines: list[Literal["logreg"]] = Field(default_factory=lambda: ["logreg"])
-    ks: list[int] = Field(default_factory=lambda: list(PAPER_KS), min_length=1)
+    baselines: list[BaselineName] = Field(
+        default_factory=lambda: ["logreg"],
+        description="baselines on raw activations: logreg, pca, knn, xgboost, mlp (paper: all five)",
+    )
+    ks: list[int] = Field(
+        default_factory=lambda: list(PAPER_KS),
+        min_length=1,
+        description="numbers of SAE latents in the normal setting (paper: 1 ... 512)",
+    )
+    regime_ks: list[int] = Field(
+        default_factory=lambda: [16, 128],
+        min_length=1,
+        description="numbers of SAE latents in the other settings (paper: 16 and 128)",
+    )
+    quiver_ks: list[int] = Field(
+        default_factory=lambda: [16, 128],
+        min_length=1,
+        description="SAE probes that join best_with_sae (paper: k = 16 and 128)",
+    )
+    sae_variants: list[SAEVariant] = Field(
+        default_factory=lambda: [SAEVariant()],
+        min_length=1,
+        description="SAE probe variants; the first is the primary one the hard regimes use",
+    )
     latent_ranking: Literal["mean", "none"] = Field(
         "mean", description="'mean': normalised mean difference (paper, current); 'none': raw"
     )
-    code_pooling: Literal["pool_codes", "code_pooled"] = Field(
-        "pool_codes",
-        description="for mean pooling: mean of per-token codes (SAEBench) or code of the mean (sae-probes)",
-    )
 
-    @field_validator("ks")
+    @field_validator("ks", "regime_ks", "quiver_ks")
     @classmethod
     def _positive_sorted(cls, ks: list[int]) -> list[int]:
         if any(k < 1 for k in ks):
             raise ValueError("every k must be >= 1")
         return sorted(set(ks))
+
+    @field_validator("baselines")
+    @classmethod
+    def _unique_baselines(cls, names: list[str]) -> list[str]:
+        return list(dict.fromkeys(names))
+
+    @field_validator("sae_variants")
+    @classmethod
+    def _unique_variants(cls, variants: list[SAEVariant]) -> list[SAEVariant]:
+        seen = [v.model_dump() for v in variants]
+        dup = [v for i, v in enumerate(seen) if v in seen[:i]]
+        if dup:
+            raise ValueError(f"repeated SAE variant {dup[0]}")
+        return variants
+
+
+class RegimeConfig(_Section):
+    """Options of one setting; every key left out takes the paper's value."""
+
+    values: list[float] | None = Field(
+        None,
+        description=(
+            "scarcity: training sizes; imbalance: positive fractions; label_noise: flip ratios "
+            "(default: the paper's 20 / 19 / 11 values)"
+        ),
+    )
+    baselines: list[BaselineName] | None = Field(
+        None, description="baselines run in this setting (default: probes.baselines)"
+    )
+    sae_variants: Literal["all", "primary"] | None = Field(
+        None,
+        description="SAE variants run in this setting (default: all in normal, primary elsewhere)",
+    )
+    layers: list[int] | None = Field(
+        None, description="layers probed in this setting (default: every layer of the run)"
+    )
+
+
+class OODPair(_Section):
+    """An out-of-distribution test set paired with a dataset of the run."""
+
+    dataset: str = Field(..., description="name of a dataset of data.datasets (trained on)")
+    ood: str = Field(..., description="bundled OOD name (e.g. 87_glue_cola_OOD) or a file path")
+    class_map: dict[str, str] | None = Field(
+        None, description="OOD class value -> ID class value, when the files' values differ"
+    )
+
+
+class OODConfig(RegimeConfig):
+    """The OOD setting: which pairs (default: the bundled OOD sets of the run's datasets)."""
+
+    pairs: list[OODPair] | None = None
+
+
+class RegimesConfig(_Section):
+    """Per-setting options (``settings`` says which settings run)."""
+
+    normal: RegimeConfig = Field(default_factory=RegimeConfig)
+    scarcity: RegimeConfig = Field(default_factory=RegimeConfig)
+    imbalance: RegimeConfig = Field(default_factory=RegimeConfig)
+    label_noise: RegimeConfig = Field(default_factory=RegimeConfig)
+    ood: OODConfig = Field(default_factory=OODConfig)
+
+    @model_validator(mode="after")
+    def _no_values_for_fixed(self) -> RegimesConfig:
+        for name in ("normal", "ood"):
+            if getattr(self, name).values is not None:
+                raise ValueError(f"'{name}' takes no 'values' (it has a single split per dataset)")
+        return self
 
 
 class RunConfig(_Section):
@@ -115,7 +238,12 @@ class RunConfig(_Section):
     pooling: Literal["auto", "last", "mean"] = Field(
         "auto", description="auto: last token for decoders (paper), mean for encoders"
     )
-    settings: list[Literal["normal"]] = Field(default_factory=lambda: ["normal"])
+    settings: list[SettingName] = Field(
+        default_factory=lambda: ["normal"],
+        min_length=1,
+        description="normal, scarcity, imbalance, label_noise, ood (the paper's five)",
+    )
+    regimes: RegimesConfig = Field(default_factory=RegimesConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     saes: list[SAEConfig] = Field(
         default_factory=lambda: [SAEConfig(id="topk", train=SAETrainConfig())]
@@ -128,6 +256,42 @@ class RunConfig(_Section):
         if any(layer < 0 for layer in layers):
             raise ValueError("layers are block indices >= 0 (blocks.L.hook_resid_post)")
         return sorted(set(layers))
+
+    @field_validator("settings")
+    @classmethod
+    def _settings_order(cls, settings: list[str]) -> list[str]:
+        return [s for s in SETTINGS if s in settings]
+
+    @model_validator(mode="after")
+    def _regime_layers(self) -> RunConfig:
+        for name in SETTINGS:
+            layers = getattr(self.regimes, name).layers
+            extra = sorted(set(layers or []) - set(self.layers))
+            if extra:
+                raise ValueError(
+                    f"regimes.{name}.layers {extra} are not among the run's layers {self.layers}"
+                )
+        return self
+
+    def baselines_for(self, setting: str) -> list[str]:
+        """Baselines run in ``setting``."""
+        own = getattr(self.regimes, setting).baselines
+        return list(own) if own is not None else list(self.probes.baselines)
+
+    def layers_for(self, setting: str) -> list[int]:
+        """Layers probed in ``setting``."""
+        own = getattr(self.regimes, setting).layers
+        return sorted(set(own)) if own is not None else list(self.layers)
+
+    def ks_for(self, setting: str) -> list[int]:
+        """SAE probe ks of ``setting``: ``probes.ks`` in normal, ``probes.regime_ks`` elsewhere."""
+        return list(self.probes.ks if setting == "normal" else self.probes.regime_ks)
+
+    def variants_for(self, setting: str) -> list[SAEVariant]:
+        """SAE probe variants of ``setting`` (all in normal, the primary one elsewhere, by default)."""
+        which = getattr(self.regimes, setting).sae_variants
+        which = which or ("all" if setting == "normal" else "primary")
+        return list(self.probes.sae_variants) if which == "all" else [self.probes.sae_variants[0]]
 
     @model_validator(mode="after")
     def _unique_sae_ids(self) -> RunConfig:

@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,11 @@ from tqdm.auto import tqdm
 
 from saelab import __version__
 from saelab.config import RunConfig, SAEConfig
-from saelab.errors import ConfigError
+from saelab.data import Split
+from saelab.errors import ConfigError, ProbeDataError, SaelabError
 from saelab.io import hash_file, stable_hash, write_json_atomic
 from saelab.pipeline.logs import StageTimer, setup_logging
+from saelab.pipeline.regimes import DatasetPlan, Skipped, log_skipped, plan_dataset, plan_ood
 from saelab.pipeline.store import ResultStore, package_versions
 from saelab.pipeline.units import LocalExecutor, UnitInputs, UnitSpec, run_unit
 
@@ -60,17 +62,7 @@ class RunOutcome:
     timings: dict[str, float]
     n_units: int
     n_units_done_before: int
-
-
-@dataclass
-class _Prepared:
-    """A dataset with its split and the rows whose activations are needed."""
-
-    dataset: Any
-    split: Any
-    rows: np.ndarray  # dataset row indices, in the order activations are stored
-    train_pos: np.ndarray  # positions of split.train inside rows
-    test_pos: np.ndarray
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def expand_dataset_names(names: list[str]) -> list[str]:
@@ -84,10 +76,10 @@ def expand_dataset_names(names: list[str]) -> list[str]:
     return out
 
 
-def _prepare(cfg: RunConfig, timer: StageTimer) -> list[_Prepared]:
-    from saelab.data import load_dataset, normal_split
+def _prepare(cfg: RunConfig, timer: StageTimer, skipped: list[Skipped]) -> list[DatasetPlan]:
+    """Load every dataset, then draw the splits of every setting (skips go to ``skipped``)."""
+    from saelab.data import load_dataset
 
-    prepared = []
     with timer("datasets"):
         datasets = [
             load_dataset(n, max_rows=cfg.data.max_rows)
@@ -102,26 +94,11 @@ def _prepare(cfg: RunConfig, timer: StageTimer) -> list[_Prepared]:
             )
         seen[ds.name] = ds.path
     with timer("splits"):
-        for ds in datasets:
-            split = normal_split(
-                ds.labels,
-                seed=cfg.seed,
-                max_train=cfg.data.max_train,
-                max_test=cfg.data.max_test,
-                dataset_name=ds.name,
-            )
-            rows = np.concatenate([split.train, split.test]).astype(np.int64)
-            n_tr = len(split.train)
-            prepared.append(
-                _Prepared(
-                    dataset=ds,
-                    split=split,
-                    rows=rows,
-                    train_pos=np.arange(n_tr),
-                    test_pos=np.arange(n_tr, len(rows)),
-                )
-            )
-    return prepared
+        plans = [plan_dataset(cfg, ds, skipped) for ds in datasets]
+        plan_ood(cfg, plans, skipped, max_rows=cfg.data.max_rows)
+        for p in plans:
+            p.finish()
+    return plans
 
 
 def _split_hash(split: Any) -> str:
@@ -263,13 +240,13 @@ def _run_stages(
     """Stages 1-7 of the module docstring; ``meta`` collects what ``run.json`` reports."""
     from saelab.activations import ActivationCache, hook_name, load_model
 
-    prepared = _prepare(cfg, timer)
+    skipped: list[Skipped] = []
+    prepared = _prepare(cfg, timer, skipped)
     log.info(
-        "%d datasets: %s",
+        "%d datasets, settings %s: %s",
         len(prepared),
-        ", ".join(
-            f"{p.dataset.name} ({p.split.n_train} train / {p.split.n_test} test)" for p in prepared
-        ),
+        ", ".join(cfg.settings),
+        ", ".join(f"{p.dataset.name} ({len(p.splits)} splits)" for p in prepared),
     )
 
     with timer("model"):
@@ -287,9 +264,10 @@ def _run_stages(
         )
     pooling = _resolve_pooling(cfg, handle)
     trained = [s for s in cfg.saes if s.train is not None]
-    # Token-level activations of every row are needed only for the mean of per-token codes; SAE
-    # training needs them for the training rows alone (read separately, see train_rows below).
-    keep_tokens = pooling == "mean" and cfg.probes.code_pooling == "pool_codes" and bool(cfg.saes)
+    # Token-level activations of every row are needed only when an SAE variant pools per-token
+    # codes (mean or max); SAE training reads the training rows' tokens separately (train_rows).
+    code_poolings = {v.resolved_pooling(pooling) for s in cfg.settings for v in cfg.variants_for(s)}
+    keep_tokens = bool(cfg.saes) and bool(code_poolings & {"mean", "max"})
     act_key = _activation_key(cfg, handle, pooling, keep_tokens)
     cache = ActivationCache(cache_root)
     log.info(
@@ -314,16 +292,16 @@ def _run_stages(
                 progress=progress,
             )
 
-    def activations(p: _Prepared) -> dict[int, Any]:
-        """Activations of every row the splits use (pooled; token-level when mean-of-codes needs them)."""
+    def activations(p: DatasetPlan) -> dict[int, Any]:
+        """Activations of every row the dataset's splits use, read once for all settings."""
         return read_or_extract([p.dataset.prompts[i] for i in p.rows], keep_tokens)
 
-    def train_rows(p: _Prepared) -> dict[int, Any]:
-        """Token-level activations of the training rows only (what SAE training reads)."""
+    def train_rows(p: DatasetPlan) -> dict[int, Any]:
+        """Token-level activations of the normal split's training rows (what SAE training reads)."""
         if keep_tokens:
-            rows = torch.as_tensor(p.train_pos)
+            rows = torch.as_tensor(p.positions(p.normal.train))
             return {layer: la.select_rows(rows) for layer, la in activations(p).items()}
-        return read_or_extract([p.dataset.prompts[i] for i in p.split.train], True)
+        return read_or_extract([p.dataset.prompts[i] for i in p.normal.train], True)
 
     # ---- SAEs: trained ones need training tokens, loaded ones are read once --------------------
     saes: dict[tuple[str, int], Any] = {}
@@ -338,52 +316,56 @@ def _run_stages(
     sae_keys.update(train_keys)
 
     # ---- plan units ---------------------------------------------------------------------------
-    plan: list[tuple[_Prepared, UnitSpec]] = []
+    plan: list[tuple[DatasetPlan, Split, UnitSpec]] = []
     for p in prepared:
-        split_hash = _split_hash(p.split)
-        for layer in cfg.layers:
-            common = {
-                "dataset": p.dataset.name,
-                "dataset_hash": p.dataset.content_hash,
-                "family": p.dataset.family,
-                "setting": p.split.setting,
-                "setting_value": p.split.setting_value,
-                "split_hash": split_hash,
-                "layer": layer,
-                "hook_name": hook_name(layer),
-                "pooling": pooling,
-                "model": cfg.model.name,
-                "model_id": handle.model_id,
-                "seed": cfg.seed,
-                "activation_key": act_key,
-            }
-            for method in cfg.probes.baselines:
-                plan.append((p, UnitSpec(kind="baseline", method=method, **common)))
-            for sc in cfg.saes:
-                key = sae_keys.get((sc.id, layer))
-                if key is None:
-                    continue  # a loaded SAE that reads another layer
-                plan.append(
-                    (
-                        p,
-                        UnitSpec(
+        for split in p.splits:
+            split_hash = _split_hash(split)
+            for layer in cfg.layers_for(split.setting):
+                common = {
+                    "dataset": p.dataset.name,
+                    "dataset_hash": p.dataset.content_hash,
+                    "family": p.dataset.family,
+                    "setting": split.setting,
+                    "setting_value": split.setting_value,
+                    "test_source": split.test_source,
+                    "split_hash": split_hash,
+                    "layer": layer,
+                    "hook_name": hook_name(layer),
+                    "pooling": pooling,
+                    "model": cfg.model.name,
+                    "model_id": handle.model_id,
+                    "seed": cfg.seed,
+                    "activation_key": act_key,
+                }
+                if split.test_source is not None:
+                    common["options"] = {
+                        "test_hash": p.ood_test(split.test_source).dataset.content_hash
+                    }
+                for method in cfg.baselines_for(split.setting):
+                    plan.append((p, split, UnitSpec(kind="baseline", method=method, **common)))
+                for sc in cfg.saes:
+                    key = sae_keys.get((sc.id, layer))
+                    if key is None:
+                        continue  # a loaded SAE that reads another layer
+                    for variant in cfg.variants_for(split.setting):
+                        options = {
+                            **common.get("options", {}),
+                            "latent_ranking": cfg.probes.latent_ranking,
+                            "penalty": variant.penalty,
+                            "binarize": variant.binarize,
+                            "code_pooling": variant.resolved_pooling(pooling),
+                            "variant": variant.label(pooling),
+                        }
+                        spec = UnitSpec(
                             kind="sae",
                             method="sae",
                             sae=sc.id,
                             sae_key=key,
-                            ks=tuple(cfg.probes.ks),
-                            options={
-                                "latent_ranking": cfg.probes.latent_ranking,
-                                "code_pooling": cfg.probes.code_pooling
-                                if pooling == "mean"
-                                else "last",
-                                "penalty": "l2",
-                            },
-                            **common,
-                        ),
-                    )
-                )
-    done_before = sum(store.has(spec.key) for _, spec in plan)
+                            ks=tuple(cfg.ks_for(split.setting)),
+                            **{**common, "options": options},
+                        )
+                        plan.append((p, split, spec))
+    done_before = sum(store.has(spec.key) for _, _, spec in plan)
     log.info("%d probe units planned, %d already done in %s", len(plan), done_before, run_dir)
     meta["units"] = {"planned": len(plan), "done_before": done_before}
 
@@ -391,7 +373,7 @@ def _run_stages(
     missing_train = [
         (sc, layer) for sc in trained for layer in cfg.layers if (sc.id, layer) not in saes
     ]
-    needs_sae = any(spec.kind == "sae" and not store.has(spec.key) for _, spec in plan)
+    needs_sae = any(spec.kind == "sae" and not store.has(spec.key) for _, _, spec in plan)
     if missing_train and needs_sae:
         _train_saes(
             cfg,
@@ -407,33 +389,73 @@ def _run_stages(
             progress,
         )
 
-    # ---- probes, dataset by dataset -----------------------------------------------------------
+    # ---- probes, dataset by dataset: activations read and SAEs encoded once per dataset --------
     executor = LocalExecutor()
-    by_dataset: dict[str, list[UnitSpec]] = {}
-    for p, spec in plan:
-        by_dataset.setdefault(p.dataset.name, []).append(spec)
+    by_dataset: dict[str, list[tuple[Split, UnitSpec]]] = {}
+    for p, split, spec in plan:
+        by_dataset.setdefault(p.dataset.name, []).append((split, spec))
     bar = tqdm(total=len(plan) - done_before, desc="probe units", unit="unit", disable=not progress)
-    for p in prepared:
-        todo = [s for s in by_dataset.get(p.dataset.name, []) if not store.has(s.key)]
-        if not todo:
-            continue
+
+    def probe_dataset(p: DatasetPlan, todo: list[tuple[Split, UnitSpec]]) -> None:
+        """Run the dataset's units: activations read once, each SAE encoded once per pooling."""
         acts = activations(p)
-        y = p.dataset.labels[p.rows]
-        y_train, y_test = y[p.train_pos], y[p.test_pos]
-        jobs = []
-        for spec in todo:
-            la = acts[spec.layer]
-            if spec.kind == "baseline":
-                x = la.pooled.numpy()
-                inputs = UnitInputs(x[p.train_pos], y_train, x[p.test_pos], y_test)
-            else:
-                sae = saes[(spec.sae, spec.layer)]
+        ood_acts: dict[str, dict[int, Any] | None] = {}
+        codes: dict[tuple[str, int, str, str | None], Any] = {}
+
+        def test_acts(split: Split) -> dict[int, Any] | None:
+            """Activations of the split's test rows' dataset (the OOD set's for OOD splits)."""
+            if split.test_source is None:
+                return acts
+            name = split.test_source
+            if name not in ood_acts:
+                ood = p.ood_test(name).dataset
+                try:
+                    ood_acts[name] = read_or_extract(list(ood.prompts), keep_tokens)
+                except SaelabError as exc:
+                    skipped.append(Skipped(p.dataset.name, "ood", None, str(exc), test_source=name))
+                    log.warning("skipped %s ood %s: %s", p.dataset.name, name, exc)
+                    ood_acts[name] = None
+            return ood_acts[name]
+
+        def sae_codes(spec: UnitSpec, source: str | None, la: Any) -> Any:
+            """CSR codes of every row of ``la``, encoded once per (SAE, layer, pooling, source)."""
+            key = (spec.sae, spec.layer, spec.options["code_pooling"], source)
+            if key not in codes:
                 with timer("encode"):
-                    codes = _encode(sae, la, pooling, spec.options["code_pooling"], handle.device)
-                inputs = UnitInputs(codes[p.train_pos], y_train, codes[p.test_pos], y_test)
-            jobs.append((spec, inputs))
+                    codes[key] = _encode(
+                        saes[(spec.sae, spec.layer)], la, pooling, spec.options["code_pooling"]
+                    )
+            return codes[key]
+
+        def jobs() -> Any:
+            for split, spec in todo:
+                tacts = test_acts(split)
+                if tacts is None:
+                    bar.update(1)
+                    continue
+                tr = p.positions(split.train)
+                if split.test_source is None:
+                    te = p.positions(split.test)
+                    y_test = p.dataset.labels[split.test]
+                else:
+                    te = split.test
+                    y_test = p.ood_test(split.test_source).dataset.labels[split.test]
+                y_train = split.y_train(p.dataset.labels)
+                if spec.kind == "baseline":
+                    x_tr = acts[spec.layer].pooled[torch.as_tensor(tr)].numpy()
+                    x_te = tacts[spec.layer].pooled[torch.as_tensor(np.array(te))].numpy()
+                else:
+                    x_tr = sae_codes(spec, None, acts[spec.layer])[tr]
+                    x_te = sae_codes(spec, split.test_source, tacts[spec.layer])[te]
+                yield spec, UnitInputs(x_tr, y_train, x_te, y_test)
+
         with timer("probes"):
-            for spec, rows in executor.map(run_unit, jobs):
+            for spec, rows in executor.map(_run_or_skip, jobs()):
+                bar.update(1)
+                if isinstance(rows, Skipped):
+                    skipped.append(rows)
+                    log.warning("skipped unit %s: %s", spec.key, rows.reason)
+                    continue
                 for r in rows:
                     r.update(
                         run=cfg.name,
@@ -442,25 +464,47 @@ def _run_stages(
                         versions=versions,
                     )
                 store.put(spec.key, rows)
-                bar.update(1)
-        del acts
+
+    for p in prepared:
+        todo = [(sp_, s) for sp_, s in by_dataset.get(p.dataset.name, []) if not store.has(s.key)]
+        if todo:
+            probe_dataset(p, todo)
     bar.close()
 
-    results = store.collect([spec.key for _, spec in plan])
+    log_skipped(skipped)
+    results = store.collect([spec.key for _, _, spec in plan])
     store.write_tables(results)
+    store.write_skipped([s.as_dict() for s in skipped])
     meta.update(
         pooling=pooling,
         model_id=handle.model_id,
         saes={f"{k[0]}@L{k[1]}": v for k, v in sae_keys.items()},
         sae_training=sae_stats,
+        skipped=[s.as_dict() for s in skipped],
     )
-    return RunOutcome(run_dir, results, timer.seconds, len(plan), done_before)
+    return RunOutcome(run_dir, results, timer.seconds, len(plan), done_before, skipped)
 
 
-def _encode(sae: Any, la: Any, pooling: str, code_pooling: str, device: Any) -> Any:
+def _run_or_skip(spec: UnitSpec, inputs: UnitInputs) -> list[dict[str, Any]] | Skipped:
+    """``run_unit``, with bad probe data (e.g. one class in a test set) turned into a skip."""
+    try:
+        return run_unit(spec, inputs)
+    except ProbeDataError as exc:
+        return Skipped(
+            spec.dataset,
+            spec.setting,
+            spec.setting_value,
+            f"{spec.method}{'' if spec.sae is None else ' ' + spec.sae}: {exc}",
+            layer=spec.layer,
+            test_source=spec.test_source,
+        )
+
+
+def _encode(sae: Any, la: Any, pooling: str, code_pooling: str) -> Any:
+    """Sparse codes [rows, d_sae] of one layer's activations with the variant's code pooling."""
     from saelab.sae import encode_rows
 
-    mode = "code_pooled" if code_pooling in ("code_pooled", "last") else "pool_codes"
+    mode = {"pooled": "code_pooled", "mean": "pool_codes", "max": "max_codes"}[code_pooling]
     sae_device = next(sae.parameters()).device
     return encode_rows(sae, la, pooling=pooling, mode=mode, device=sae_device)
 
@@ -499,7 +543,7 @@ def _train_key(
     handle: Any,
     layer: int,
     pooling: str,
-    prepared: list[_Prepared],
+    prepared: list[DatasetPlan],
     act_key: dict,
 ) -> str:
     """Hash of everything that decides a trained SAE: training data, activations, trainer config."""
@@ -509,7 +553,7 @@ def _train_key(
             "train": sc.train.model_dump(mode="json") if sc.train else None,
             "layer": layer,
             "activations": act_key,
-            "data": [(p.dataset.content_hash, _split_hash(p.split)) for p in prepared],
+            "data": [(p.dataset.content_hash, _split_hash(p.normal)) for p in prepared],
         },
         length=24,
     )
@@ -519,7 +563,7 @@ def _train_saes(
     cfg: RunConfig,
     missing: list[tuple[SAEConfig, int]],
     train_keys: dict,
-    prepared: list[_Prepared],
+    prepared: list[DatasetPlan],
     train_rows: Any,
     cache_root: Path,
     saes: dict,
@@ -614,4 +658,6 @@ def _train_saes(
             100 * stats.get("dead_fraction", float("nan")),
             stats.get("seconds", float("nan")),
         )
-        saes[(sc.id, layer)] = sae.eval()
+        # Probe with the SAE as stored, so a later run that loads it from the cache computes
+        # bit-identical codes (the in-memory copy can differ in the last float bits).
+        saes[(sc.id, layer)] = load_sae(folder, device=str(handle.device)).eval()

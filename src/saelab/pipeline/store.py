@@ -5,6 +5,7 @@ Layout of a run folder::
     run.json            resolved config, versions, stage timings, status
     run.log             the log of every invocation
     units/<key>.parquet rows of one finished probe unit (written atomically; presence = done)
+    skipped.csv         what could not be done (dataset, setting, value, layer, reason)
     results.parquet     all rows of the units planned by the current config
     results.csv         the same, as CSV
 """
@@ -14,11 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import warnings
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from saelab.io import atomic_path
 
@@ -31,19 +34,26 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "family",
     "setting",
     "setting_value",
+    "test_source",
     "layer",
     "hook_name",
     "pooling",
     "method",
     "sae",
     "k",
+    "penalty",
+    "binarize",
+    "code_pooling",
     "variant",
+    "probe",
     "n_train",
     "n_test",
     "test_auc",
     "test_acc",
+    "test_f1",
     "val_auc",
     "C",
+    "hyperparams",
     "latents",
     "seed",
     "seconds",
@@ -96,7 +106,7 @@ class ResultStore:
         if not path.is_file():
             return False
         try:
-            pd.read_parquet(path, columns=["unit_key"])
+            pq.read_metadata(path)  # footer only: a truncated or damaged file fails here
         except Exception as exc:
             log.warning("result file %s is unreadable (%s); the unit will be recomputed", path, exc)
             path.unlink(missing_ok=True)
@@ -114,7 +124,19 @@ class ResultStore:
         frames = [pd.read_parquet(self._path(k)) for k in keys if self._path(k).is_file()]
         if not frames:
             return normalise_rows([])
-        return pd.concat(frames, ignore_index=True)
+        with warnings.catch_warnings():
+            # all-null columns (e.g. ``sae`` in a baseline unit) take the dtype of the others
+            warnings.simplefilter("ignore", FutureWarning)
+            return pd.concat(frames, ignore_index=True)
+
+    def write_skipped(self, skipped: list[dict[str, Any]]) -> Path:
+        """Write ``skipped.csv``: what the run could not do, one row per item, with the reason."""
+        cols = ["dataset", "setting", "setting_value", "layer", "test_source", "reason"]
+        frame = pd.DataFrame(skipped, columns=cols)
+        path = self.run_dir / "skipped.csv"
+        with atomic_path(path) as tmp:
+            frame.to_csv(tmp, index=False)
+        return path
 
     def write_tables(self, frame: pd.DataFrame) -> tuple[Path, Path]:
         """Write ``results.parquet`` and ``results.csv`` atomically."""
@@ -134,7 +156,7 @@ def normalise_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:
             frame[col] = None
     extra = [c for c in frame.columns if c not in RESULT_COLUMNS]
     frame = frame[list(RESULT_COLUMNS) + extra]
-    for col in ("latents", "unit_config", "versions"):
+    for col in ("latents", "hyperparams", "unit_config", "versions"):
         frame[col] = frame[col].map(
             lambda v: v if v is None or isinstance(v, str) else json.dumps(v, sort_keys=True)
         )

@@ -16,7 +16,7 @@ import numpy as np
 
 from saelab.io import stable_hash
 
-PROBE_PROTOCOL_VERSION = 1
+PROBE_PROTOCOL_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,7 @@ class UnitSpec:
     model_id: str
     seed: int
     activation_key: dict[str, Any]
+    test_source: str | None = None
     sae: str | None = None
     sae_key: str | None = None
     ks: tuple[int, ...] = ()
@@ -78,15 +79,21 @@ class LocalExecutor:
 
 
 def run_unit(spec: UnitSpec, inputs: UnitInputs) -> list[dict[str, Any]]:
-    """Fit the unit's probes and return its result rows (without run-level columns)."""
-    from saelab.probes import fit_logreg_probe, fit_sae_probes
+    """Fit the unit's probes and return its result rows (without run-level columns).
+
+    Baseline units fit one method of ``saelab.probes.BASELINES`` on dense activations; SAE units
+    fit the SAE probe for every k of ``spec.ks`` with the variant in ``spec.options`` (penalty,
+    binarize, code pooling, latent ranking).
+    """
+    from saelab.probes import BASELINES, fit_sae_probes
 
     start = time.perf_counter()
+    opts = spec.options
     if spec.kind == "baseline":
-        if spec.method != "logreg":
+        if spec.method not in BASELINES:
             raise ValueError(f"unknown baseline method {spec.method!r}")
         results = [
-            fit_logreg_probe(
+            BASELINES[spec.method](
                 inputs.x_train, inputs.y_train, inputs.x_test, inputs.y_test, seed=spec.seed
             )
         ]
@@ -98,30 +105,45 @@ def run_unit(spec: UnitSpec, inputs: UnitInputs) -> list[dict[str, Any]]:
             inputs.y_test,
             ks=list(spec.ks),
             seed=spec.seed,
-            normalization=spec.options.get("latent_ranking", "mean"),
+            normalization=opts.get("latent_ranking", "mean"),
+            binarize=bool(opts.get("binarize", False)),
+            penalty=opts.get("penalty", "l2"),
+            variant=opts.get("variant"),
         )
     unit_seconds = time.perf_counter() - start
+    config = asdict(spec)
     rows = []
     for r in results:
+        is_sae = spec.kind == "sae"
+        variant = r.variant if is_sae else None
         rows.append(
             {
                 "dataset": spec.dataset,
                 "family": spec.family,
                 "setting": spec.setting,
                 "setting_value": spec.setting_value,
+                "test_source": spec.test_source,
                 "layer": spec.layer,
                 "hook_name": spec.hook_name,
                 "pooling": spec.pooling,
                 "method": spec.method,
                 "sae": spec.sae,
                 "k": r.k,
-                "variant": r.variant,
+                "penalty": opts.get("penalty")
+                if is_sae
+                else ("l2" if r.method == "logreg" else None),
+                "binarize": bool(opts.get("binarize", False)) if is_sae else None,
+                "code_pooling": opts.get("code_pooling") if is_sae else None,
+                "variant": variant,
+                "probe": f"sae:{spec.sae}:k{r.k}:{variant}" if is_sae else spec.method,
                 "n_train": r.n_train,
                 "n_test": r.n_test,
                 "test_auc": r.test_auc,
                 "test_acc": r.test_acc,
+                "test_f1": r.test_f1,
                 "val_auc": r.val_auc,
                 "C": r.hyperparams.get("C"),
+                "hyperparams": {k: _plain(v) for k, v in r.hyperparams.items()},
                 "latents": r.latents,
                 "seed": spec.seed,
                 "seconds": r.seconds,
@@ -129,7 +151,16 @@ def run_unit(spec: UnitSpec, inputs: UnitInputs) -> list[dict[str, Any]]:
                 "model": spec.model,
                 "model_id": spec.model_id,
                 "unit_key": spec.key,
-                "unit_config": asdict(spec),
+                "unit_config": config,
             }
         )
     return rows
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars and tuples as JSON-able Python values."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, tuple):
+        return [_plain(v) for v in value]
+    return value

@@ -18,8 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from scipy.special import expit
 
-from saelab.errors import ProbeDataError
+from saelab.errors import ConfigError, ProbeDataError
+from saelab.probes.l1 import fit_l1_path
 from saelab.probes.logistic import (
     ArrayLike,
     LogisticProbe,
@@ -27,7 +29,13 @@ from saelab.probes.logistic import (
     limit_solver_threads,
 )
 from saelab.probes.result import ProbeResult
-from saelab.probes.validation import C_GRID, roc_auc, select_with_solution, validation_splits
+from saelab.probes.validation import (
+    C_GRID,
+    roc_auc,
+    select_with_solution,
+    validation_splits,
+    weighted_f1,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +72,12 @@ def fit_probe_protocol(
     k: int | None = None,
     latents: list[int] | None = None,
     variant: str | None = None,
+    penalty: str = "l2",
 ) -> ProbeResult:
     """Validate C, refit on all training rows, score the test rows (spec 3.1-3.2).
+
+    ``penalty="l2"`` solves with the batched Newton path (``logistic.py``); ``"l1"`` with
+    LIBLINEAR (``l1.py``, the paper's L1 SAE probe). Both use the same splits, grid and rule.
 
     - n_train <= 3: no validation; C = 1 and val_auc is the training AUC of that fit.
     - otherwise: ``validation_splits(y_train, seed)``, C = first argmax of the mean validation
@@ -88,10 +100,18 @@ def fit_probe_protocol(
         )
     C_np = np.asarray(Cs, dtype=np.float64)
     n_train = X_tr.shape[0]
+    if penalty not in ("l1", "l2"):
+        raise ConfigError(f"penalty: expected 'l1' or 'l2', got {penalty!r}")
     with limit_solver_threads(*X_tr.shape):
-        C, val_auc, probe = _validate_and_refit(X_tr, y_tr, C_np, seed)
-    test_auc = float(roc_auc(y_te, probe.predict_proba(X_te)[:, 1]))
-    test_acc = float(np.mean(probe.predict(X_te) == y_te))
+        if penalty == "l2":
+            C, val_auc, probe = _validate_and_refit(X_tr, y_tr, C_np, seed)
+            decision = probe.decision_function(X_te)
+        else:
+            C, val_auc, (coef, intercept) = _validate_and_refit_l1(X_tr, y_tr, C_np, seed)
+            decision = X_te @ coef + intercept
+    pred = (decision > 0).astype(np.int64)
+    test_auc = float(roc_auc(y_te, expit(decision)))
+    test_acc = float(np.mean(pred == y_te))
     return ProbeResult(
         method=method,
         test_auc=test_auc,
@@ -104,7 +124,32 @@ def fit_probe_protocol(
         k=k,
         latents=latents,
         variant=variant,
+        test_f1=weighted_f1(y_te, pred),
     )
+
+
+def _validate_and_refit_l1(
+    X_tr: np.ndarray, y_tr: np.ndarray, C_np: np.ndarray, seed: int
+) -> tuple[float, float, tuple[np.ndarray, float]]:
+    """(chosen C, validation AUC, (coef [d], intercept)) of the L1 probe, same protocol as L2."""
+    if X_tr.shape[0] <= _NO_CV_MAX_ROWS:
+        C = _DEFAULT_C
+        coef, intercept = fit_l1_path(X_tr, y_tr, [C], seed)
+        val_auc = float(roc_auc(y_tr, expit(X_tr @ coef[0] + intercept[0])))
+        return C, val_auc, (coef[0], float(intercept[0]))
+    splits = validation_splits(y_tr, seed=seed)
+    scores = np.empty((len(splits), C_np.size))
+    for s, (train, val) in enumerate(splits):
+        if np.unique(y_tr[train]).size < 2:
+            scores[s] = 0.5  # as the L2 path: a one-class training fold scores 0.5
+            continue
+        coef, intercept = fit_l1_path(X_tr[train], y_tr[train], C_np, seed)
+        scores[s] = roc_auc(y_tr[val], expit(X_tr[val] @ coef.T + intercept).T)
+    mean = scores.mean(axis=0)
+    best = int(np.argmax(mean))
+    C = float(C_np[best])
+    coef, intercept = fit_l1_path(X_tr, y_tr, [C], seed)
+    return C, float(mean[best]), (coef[0], float(intercept[0]))
 
 
 def _validate_and_refit(

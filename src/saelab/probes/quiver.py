@@ -61,7 +61,7 @@ from saelab.errors import ConfigError, ProbeDataError
 from saelab.probes.baseline import binary_labels, fit_logreg_probe
 from saelab.probes.logistic import ArrayLike, LogisticProbe, _blas_controller, as_float64_matrix
 from saelab.probes.result import ProbeResult
-from saelab.probes.validation import Split, roc_auc, validation_splits
+from saelab.probes.validation import Split, roc_auc, validation_splits, weighted_f1
 
 logger = logging.getLogger(__name__)
 
@@ -466,11 +466,13 @@ def _run_protocol(
         val_auc = float(mean_auc[best])
         probe = make_probe(setting).fit(X_tr, y_tr)
     p_test = probe.predict_proba(X_te)[:, 1]
+    pred = (p_test > 0.5).astype(np.int64)
     logger.debug("%s: chose %s (validation AUC %.4f)", method, setting, val_auc)
     return ProbeResult(
         method=method,
         test_auc=float(roc_auc(y_te, p_test)),
-        test_acc=float(np.mean((p_test > 0.5).astype(np.int64) == y_te)),
+        test_acc=float(np.mean(pred == y_te)),
+        test_f1=weighted_f1(y_te, pred),
         val_auc=val_auc,
         hyperparams=setting,
         n_train=X_tr.shape[0],

@@ -23,6 +23,8 @@ class ProbeResult:
         latents: the chosen SAE latent ids, best-ranked first (``None`` for baselines).
         variant: ``None`` for the default method; otherwise a short descriptor of a non-default
             variant, e.g. ``"rank=none"`` or ``"binarize"``.
+        test_f1: support-weighted F1 of the hard predictions on the test rows (the paper's
+            ``test_f1``).
     """
 
     method: str
@@ -36,3 +38,4 @@ class ProbeResult:
     k: int | None = None
     latents: list[int] | None = None
     variant: str | None = None
+    test_f1: float | None = None

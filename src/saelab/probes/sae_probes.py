@@ -151,6 +151,8 @@ def fit_sae_probes(
     normalization: Normalization = "mean",
     binarize: bool = False,
     progress: bool = False,
+    penalty: Literal["l1", "l2"] = "l2",
+    variant: str | None = None,
 ) -> list[ProbeResult]:
     """SAE probes for each k: the top-k ranked latents, fitted with the logreg protocol (spec 4.1).
 
@@ -162,6 +164,8 @@ def fit_sae_probes(
     Args:
         codes_train: [n_train, d_sae], codes_test: [n_test, d_sae] (CSR preferred; dense works);
         y_train: [n_train], y_test: [n_test] 0/1 labels; ks: numbers of latents.
+        penalty: ``"l2"`` (batched Newton) or ``"l1"`` (LIBLINEAR; the paper's main SAE probe).
+        variant: label recorded in the results (default: derived from normalization/binarize).
 
     Returns:
         One ``ProbeResult`` (method ``"sae"``) per effective k, in the order of ``ks``, with ``k``
@@ -182,7 +186,7 @@ def fit_sae_probes(
     if binarize:
         dense_train = (dense_train != 0).astype(np.float64)
         dense_test = (dense_test != 0).astype(np.float64)
-    variant = _variant(normalization, binarize)
+    variant = variant if variant is not None else _variant(normalization, binarize)
     results = []
     with limit_solver_threads(A_train.shape[0], max(ks_eff)):  # set once for all ks
         for k in tqdm(ks_eff, desc="SAE probes (k)", disable=not progress):
@@ -197,6 +201,7 @@ def fit_sae_probes(
                 k=k,
                 latents=[int(j) for j in top[:k]],
                 variant=variant,
+                penalty=penalty,
             )
             logger.debug("SAE probe k=%d: test AUC %.4f", k, result.test_auc)
             results.append(result)

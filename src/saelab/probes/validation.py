@@ -133,6 +133,25 @@ def roc_auc(y_true: ArrayLike, scores: ArrayLike) -> np.ndarray | float:
     return float(auc) if np.ndim(auc) == 0 else auc
 
 
+def weighted_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Support-weighted F1 over the two classes (the paper's ``f1_score(average="weighted")``).
+
+    F1_c = 2 tp_c / (2 tp_c + fp_c + fn_c) (0 when the class is neither predicted nor present),
+    weighted = sum_c (n_c / n) F1_c with n_c the rows of true class c (scikit-learn's definition).
+    """
+    y_true = np.asarray(y_true).astype(np.int64)
+    y_pred = np.asarray(y_pred).astype(np.int64)
+    total = 0.0
+    for c in (0, 1):
+        tp = float(np.sum((y_pred == c) & (y_true == c)))
+        fp = float(np.sum((y_pred == c) & (y_true != c)))
+        fn = float(np.sum((y_pred != c) & (y_true == c)))
+        denom = 2 * tp + fp + fn
+        f1 = 2 * tp / denom if denom else 0.0
+        total += f1 * float(np.sum(y_true == c))
+    return total / max(len(y_true), 1)
+
+
 def select_hyperparameter(
     X: ArrayLike,
     y: ArrayLike,
