@@ -516,3 +516,24 @@ def test_warm_start_reaches_the_same_optimum_in_fewer_steps(n, d):
     assert warm.n_iter_[0] < cold.n_iter_[0]
     with pytest.raises(ProbeDataError, match="coef_init"):
         LogisticProbe().fit(X, y, np.zeros(d + 1))
+
+
+def test_l1_path_is_seeded_and_reaches_the_l1_optimum():
+    from saelab.probes.l1 import fit_l1_path
+
+    rng = np.random.default_rng(3)
+    X = np.maximum(rng.normal(size=(200, 12)) * 2 - 1, 0)
+    y = (X[:, 0] - X[:, 1] + 0.5 * rng.normal(size=200) > 0).astype(np.int64)
+    a = fit_l1_path(X, y, [0.05, 1.0], seed=7)
+    b = fit_l1_path(X, y, [0.05, 1.0], seed=7)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    coef, intercept = a
+    assert (coef[0] == 0).sum() > (coef[1] == 0).sum()  # stronger penalty, sparser
+    # optimality: subgradient condition of ||w||_1 + C sum log(1 + exp(-s z)) at C = 1
+    s = 2 * y - 1
+    z = X @ coef[1] + intercept[1]
+    grad = -(X * (s / (1 + np.exp(s * z)))[:, None]).sum(0)
+    on = coef[1] != 0
+    np.testing.assert_allclose(grad[on], -np.sign(coef[1][on]), atol=2e-2)
+    assert np.all(np.abs(grad[~on]) <= 1 + 2e-2)

@@ -41,6 +41,7 @@ def _model(C: float, seed: int) -> LogisticRegression:
         intercept_scaling=INTERCEPT_SCALING,
         tol=TOL,
         max_iter=MAX_ITER,
+        random_state=seed,  # LIBLINEAR visits coordinates in a random order
     )
 
 

@@ -298,6 +298,8 @@ def _num(value: Any, spec: str) -> str:
 def print_comparison(table: pd.DataFrame, console: Console | None = None) -> None:
     """Print ``compare_with_reference`` output as a rich table (missing run values as "—")."""
     console = console or Console()
+    if not console.is_terminal and console.width < 110:
+        console = Console(file=console.file, width=110)  # logs and pipes: don't squeeze the table
     if table.empty:
         console.print("no reference rows apply to this run")
         return
