@@ -19,20 +19,17 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
 import torch
+from results_md import RESULTS, write_section
 
 from saelab.activations import DEFAULT_MODEL, extract, load_model, pool_last, pool_mean
 from saelab.activations.extract import resolve_max_length
 from saelab.activations.model import ModelHandle
-from saelab.io import write_text_atomic
 
-START, END = "<!-- extract_speed:start -->", "<!-- extract_speed:end -->"
 T = TypeVar("T")
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def sample_texts(n_texts: int, seed: int) -> list[str]:
@@ -87,18 +84,6 @@ def timed(fn: Callable[[], T]) -> tuple[float, T]:
     started = time.perf_counter()
     result = fn()
     return time.perf_counter() - started, result
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, atomically."""
-    old = RESULTS.read_text("utf-8") if RESULTS.exists() else "# saelab benchmark results\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(RESULTS, new)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(report)
     if not args.no_write:
-        write_section(report)
+        write_section("extract_speed", report)
         print(f"\nwrote {RESULTS}")
     return 0 if diff < 1e-3 else 1
 

@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from results_md import RESULTS, write_section
 from sklearn.exceptions import ConvergenceWarning
 from threadpoolctl import threadpool_limits
 
@@ -62,12 +63,9 @@ from saelab.data import (
     normal_split,
     scarcity_splits,
 )
-from saelab.io import write_text_atomic
 from saelab.probes import fit_sae_probes
 from saelab.sae import TopKTrainConfig, encode_rows, load_sae, save_sae, train_topk_sae
 
-START, END = "<!-- regime_speed:start -->", "<!-- regime_speed:end -->"
-RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PEER_MODEL_NAME = "all-MiniLM-L6-v2"  # only used in the peer's file names
 SETTINGS = ("scarcity", "imbalance")
 
@@ -337,18 +335,6 @@ def agreement_rows(
     return rows
 
 
-def write_section(text: str) -> None:
-    """Replace (or append) this benchmark's section of RESULTS.md, atomically."""
-    old = RESULTS.read_text("utf-8") if RESULTS.exists() else "# saelab benchmark results\n"
-    block = f"{START}\n{text.rstrip()}\n{END}"
-    if START in old and END in old:
-        head, rest = old.split(START, 1)
-        new = head + block + rest.split(END, 1)[1]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    write_text_atomic(RESULTS, new)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", default=["5_hist_fig_ismale", "87_glue_cola"])
@@ -486,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(report)
     if not args.no_write:
-        write_section(report)
+        write_section("regime_speed", report)
         print(f"\nwrote {RESULTS}")
     return 0 if keys_match and same["splits_same"] else 1
 

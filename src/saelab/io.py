@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -56,6 +58,13 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
 def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON atomically."""
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def json_ready(value: Any) -> Any:
+    """numpy scalars -> Python numbers, tuples and lists -> lists, recursively (JSON-ready)."""
+    if isinstance(value, tuple | list):
+        return [json_ready(v) for v in value]
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _json_default(obj: Any) -> Any:

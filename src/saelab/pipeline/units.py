@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from saelab.io import stable_hash
+from saelab.io import json_ready, stable_hash
 
 PROBE_PROTOCOL_VERSION = 2
 
@@ -143,7 +143,7 @@ def run_unit(spec: UnitSpec, inputs: UnitInputs) -> list[dict[str, Any]]:
                 "test_f1": r.test_f1,
                 "val_auc": r.val_auc,
                 "C": r.hyperparams.get("C"),
-                "hyperparams": {k: _plain(v) for k, v in r.hyperparams.items()},
+                "hyperparams": {k: json_ready(v) for k, v in r.hyperparams.items()},
                 "latents": r.latents,
                 "seed": spec.seed,
                 "seconds": r.seconds,
@@ -155,12 +155,3 @@ def run_unit(spec: UnitSpec, inputs: UnitInputs) -> list[dict[str, Any]]:
             }
         )
     return rows
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars and tuples as JSON-able Python values."""
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, tuple):
-        return [_plain(v) for v in value]
-    return value

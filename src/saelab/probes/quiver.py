@@ -58,6 +58,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from tqdm.auto import tqdm
 
 from saelab.errors import ConfigError, ProbeDataError
+from saelab.io import json_ready
 from saelab.probes.baseline import binary_labels, fit_logreg_probe
 from saelab.probes.logistic import ArrayLike, LogisticProbe, _blas_controller, as_float64_matrix
 from saelab.probes.result import ProbeResult
@@ -169,16 +170,9 @@ def draw_configurations(
     flat = rng.choice(total, size=min(n, total), replace=False)
     index = np.unravel_index(flat, sizes)
     return [
-        {name: _plain(grid[name][int(index[j][i])]) for j, name in enumerate(names)}
+        {name: json_ready(grid[name][int(index[j][i])]) for j, name in enumerate(names)}
         for i in range(flat.size)
     ]
-
-
-def _plain(value: Any) -> Any:
-    """numpy scalars -> Python numbers, tuples -> lists (JSON-ready hyperparameters)."""
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value.item() if isinstance(value, np.generic) else value
 
 
 # ----------------------------------------------------------------------------------- estimators
