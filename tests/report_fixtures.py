@@ -13,9 +13,9 @@ import json
 import numpy as np
 import pandas as pd
 
+from saelab.names import BASELINES
 from saelab.pipeline.store import normalise_rows
 
-BASELINES = ("logreg", "pca", "knn", "xgboost", "mlp")
 _BASELINE_SHIFT = {"logreg": 0.0, "pca": -0.015, "knn": -0.05, "xgboost": -0.01, "mlp": -0.005}
 DATASETS = ("5_hist_fig_ismale", "66_living-room", "87_glue_cola", "105_click_bait")
 SETTING_VALUES: dict[str, list[float | None]] = {

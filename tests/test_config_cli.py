@@ -18,9 +18,27 @@ def test_quickstart_example_is_the_builtin_config():
     assert (ROOT / "examples" / "quickstart.yaml").read_text("utf-8") == quickstart_yaml()
     cfg = load_config()
     assert cfg.name == "quickstart"
-    assert len(cfg.layers) >= 2 and len(cfg.data.datasets) >= 8
+    assert cfg.layers == [4] and len(cfg.data.datasets) >= 8
     assert cfg.saes[0].train is not None and cfg.saes[0].train.expansion_factor >= 8
     assert max(cfg.probes.ks) == 128
+    # all five regimes, every baseline in the normal setting, the four SAE probe variants
+    assert cfg.settings == ["normal", "scarcity", "imbalance", "label_noise", "ood"]
+    assert cfg.baselines_for("normal") == ["logreg", "pca", "knn", "xgboost", "mlp"]
+    assert len(cfg.variants_for("normal")) == 4
+
+
+def test_paper_quiver_example_runs_the_five_baselines_where_the_paper_does():
+    cfg = load_config(ROOT / "examples" / "paper_quiver.yaml")
+    quick = load_config()
+    for setting in ("normal", "scarcity", "imbalance"):
+        assert cfg.baselines_for(setting) == ["logreg", "pca", "knn", "xgboost", "mlp"]
+    for setting in ("label_noise", "ood"):
+        assert cfg.baselines_for(setting) == ["logreg"]
+    assert (cfg.layers, cfg.data.datasets, cfg.saes) == (
+        quick.layers,
+        quick.data.datasets,
+        quick.saes,
+    )
 
 
 def test_paper_example_validates():
@@ -139,6 +157,7 @@ def test_regime_options_resolve_per_setting():
             "probes.sae_variants=[{penalty: l1}, {penalty: l2, binarize: true}]",
             "regimes.label_noise.baselines=[logreg]",
             "regimes.label_noise.sae_variants=all",
+            "layers=[2, 4]",
             "regimes.ood.layers=[4]",
         ],
     )
@@ -152,7 +171,42 @@ def test_regime_options_resolve_per_setting():
 
 
 def test_regime_layers_must_be_run_layers():
-    with pytest.raises(ConfigError, match=r"regimes.scarcity.layers \[7\]"):
+    with pytest.raises(ConfigError, match=r"key 'regimes.scarcity.layers': \[7\] not among") as ei:
         load_config(None, ["regimes.scarcity.layers=[7]"])
+    assert "'model'" not in str(ei.value) and len(str(ei.value)) < 300  # not the whole config
     with pytest.raises(ConfigError, match="takes no 'values'"):
         load_config(None, ["regimes.normal.values=[1]"])
+
+
+def test_overriding_the_run_layers_moves_the_regime_layers(tmp_path, caplog):
+    # the README's example; a config whose regimes probe fewer layers than the run
+    base = tmp_path / "c.yaml"
+    base.write_text("layers: [2, 4]\nregimes:\n  scarcity: {layers: [4]}\n  ood: {layers: [2]}\n")
+    with caplog.at_level("INFO", logger="saelab"):
+        cfg = load_config(base, ["data.max_test=200", "layers=[3]"])
+    assert cfg.layers == [3]
+    for setting in ("normal", "scarcity", "imbalance", "label_noise", "ood"):
+        assert cfg.layers_for(setting) == [3]
+    assert "regimes.scarcity.layers [4] -> every run layer [3]" in caplog.text
+    kept = load_config(base, ["layers=[1, 4]"])
+    assert kept.layers_for("scarcity") == [4] and kept.layers_for("normal") == [1, 4]
+    assert kept.layers_for("ood") == [1, 4]
+    assert load_config(None, ["data.max_test=200", "layers=[3]"]).layers == [3]
+
+
+def test_config_errors_show_the_key_and_value_not_the_config(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("saes:\n  - {id: a, path: x}\n  - {id: a, path: y}\nprobes: {ks: [1, 2]}\n")
+    with pytest.raises(ConfigError) as ei:
+        load_config(p)
+    text = str(ei.value)
+    assert "unique" in text and "ks" not in text and len(text) < 300
+
+
+def test_executor_options_validate():
+    cfg = load_config(None, ["executor=ray", "ray.address=auto", "workers=3"])
+    assert (cfg.executor, cfg.ray.address, cfg.workers) == ("ray", "auto", 3)
+    with pytest.raises(ConfigError, match="'executor'"):
+        load_config(None, ["executor=dask"])
+    with pytest.raises(ConfigError, match="'workers'"):
+        load_config(None, ["workers=0"])

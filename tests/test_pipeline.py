@@ -38,6 +38,7 @@ def _config(cache_dir, **over) -> RunConfig:
             }
         ],
         "probes": {"ks": [1, 4, 16]},
+        "executor": "serial",
     }
     data.update(over)
     return RunConfig.model_validate(data)

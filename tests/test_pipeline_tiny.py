@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from saelab.config import RunConfig
-from saelab.pipeline import units as units_module
+from saelab.pipeline import executors
 from saelab.pipeline.run import run_pipeline
 from saelab.sae import SAEConfig, build_sae, save_sae
-from tiny_models import HIDDEN, WORDS, build_tiny_model
+from tiny_models import HIDDEN, build_tiny_model, write_word_dataset
 
 
 @pytest.fixture(autouse=True)
@@ -24,25 +23,12 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _write_dataset(path, n: int, seed: int) -> None:
-    """Sentences of random words; the label is decided by the last word (first or second half of WORDS)."""
-    rng = np.random.default_rng(seed)
-    half = len(WORDS) // 2
-    rows = []
-    for i in range(n):
-        label = i % 2
-        body = rng.choice(WORDS, size=rng.integers(2, 7)).tolist()
-        last = rng.choice(WORDS[half:] if label else WORDS[:half])
-        rows.append({"prompt": " ".join([*body, last]), "target": "yes" if label else "no"})
-    pd.DataFrame(rows).to_csv(path, index=False)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_pipeline")
     model = build_tiny_model(root / "gpt2", "gpt2")
-    _write_dataset(root / "first.csv", 300, seed=1)
-    _write_dataset(root / "second.csv", 260, seed=2)
+    write_word_dataset(root / "first.csv", 300, seed=1)
+    write_word_dataset(root / "second.csv", 260, seed=2)
     cfg = SAEConfig(
         d_in=HIDDEN,
         d_sae=4 * HIDDEN,
@@ -72,6 +58,7 @@ def _config(root, model) -> RunConfig:
                 {"id": "loaded", "path": str(root / "loaded_sae")},
             ],
             "probes": {"ks": [1, 2, 8]},
+            "executor": "serial",
         }
     )
 
@@ -99,7 +86,7 @@ def test_crash_mid_run_keeps_finished_units(setup, monkeypatch, tmp_path):
     root, model = setup
     cfg = _config(root, model)
     calls = {"n": 0}
-    real = units_module.run_unit
+    real = executors.run_unit_or_skip
 
     def flaky(spec, inputs):
         calls["n"] += 1
@@ -107,13 +94,13 @@ def test_crash_mid_run_keeps_finished_units(setup, monkeypatch, tmp_path):
             raise KeyboardInterrupt  # as if the user pressed Ctrl-C during the 4th unit
         return real(spec, inputs)
 
-    monkeypatch.setattr("saelab.pipeline.run.run_unit", flaky)
+    monkeypatch.setattr(executors, "run_unit_or_skip", flaky)
     with pytest.raises(KeyboardInterrupt):
         run_pipeline(cfg, tmp_path / "run", progress=False)
     assert len(list((tmp_path / "run" / "units").glob("*.parquet"))) == 3
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
     assert meta["status"] == "interrupted" and meta["error"].startswith("KeyboardInterrupt")
-    monkeypatch.setattr("saelab.pipeline.run.run_unit", real)
+    monkeypatch.setattr(executors, "run_unit_or_skip", real)
     resumed = run_pipeline(cfg, tmp_path / "run", progress=False)
     assert resumed.n_units_done_before == 3
     meta = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -130,7 +117,7 @@ def test_two_files_with_one_name_are_refused(setup, tmp_path):
 
     root, model = setup
     (tmp_path / "other").mkdir()
-    _write_dataset(tmp_path / "other" / "first.csv", 200, seed=5)
+    write_word_dataset(tmp_path / "other" / "first.csv", 200, seed=5)
     cfg = _config(root, model).model_copy(deep=True)
     cfg.data.datasets = [str(root / "first.csv"), str(tmp_path / "other" / "first.csv")]
     with pytest.raises(ConfigError, match="two datasets are named 'first'"):
@@ -139,7 +126,7 @@ def test_two_files_with_one_name_are_refused(setup, tmp_path):
 
 def test_five_regimes_encode_once_and_skip_what_cannot_be_done(setup, monkeypatch, tmp_path):
     root, model = setup
-    _write_dataset(root / "first_shifted.csv", 120, seed=7)
+    write_word_dataset(root / "first_shifted.csv", 120, seed=7)
     cfg = _config(root, model).model_copy(deep=True)
     data = cfg.model_dump(mode="json")
     data["layers"] = [1]
@@ -167,16 +154,16 @@ def test_five_regimes_encode_once_and_skip_what_cannot_be_done(setup, monkeypatc
         },
     }
     cfg = RunConfig.model_validate(data)
-    import saelab.sae as sae_pkg
+    import saelab.sae.encode as encode_module
 
     calls: list[tuple[str, int]] = []
-    real_encode = sae_pkg.encode_rows
+    real_encode = encode_module.encode_rows
 
-    def counting(sae, acts, pooling, mode="pool_codes", **kw):
+    def counting(sae, acts, pooling, mode="pool_codes", *args, **kw):
         calls.append((mode, acts.n_rows))
-        return real_encode(sae, acts, pooling, mode=mode, **kw)
+        return real_encode(sae, acts, pooling, mode, *args, **kw)
 
-    monkeypatch.setattr(sae_pkg, "encode_rows", counting)
+    monkeypatch.setattr(encode_module, "encode_rows", counting)
     out = run_pipeline(cfg, tmp_path / "run", progress=False)
     res = out.results
     assert list(dict.fromkeys(res.setting)) == [

@@ -21,9 +21,11 @@ def test_store_roundtrip_and_damage(tmp_path):
     store = ResultStore(tmp_path)
     assert not store.has("a")
     store.put("a", _rows("d1", 1))
-    store.put("b", _rows("d2", 1))
+    skip = {"dataset": "d2", "setting": "scarcity", "setting_value": 4.0, "reason": "one class"}
+    store.put("b", _rows("d2", 1), [skip])
     assert store.has("a") and store.has("b")
-    got = store.collect(["b", "a", "missing"])
+    got, skipped = store.collect(["b", "a", "missing"])
+    assert skipped == [skip]  # a finished unit keeps the splits it skipped
     assert list(got.columns) == list(RESULT_COLUMNS)
     assert got.dataset.tolist() == ["d2"] * 3 + ["d1"] * 3
     assert got.latents.iloc[1] == "[3, 1]"
@@ -38,6 +40,21 @@ def test_store_roundtrip_and_damage(tmp_path):
 def test_normalise_keeps_extra_columns_after_standard_ones():
     frame = normalise_rows([{"dataset": "x", "my_metric": 1.0}])
     assert list(frame.columns) == [*RESULT_COLUMNS, "my_metric"]
+
+
+def test_summary_keeps_sae_variants_apart():
+    rows = []
+    for variant, auc in (("l1", 0.8), ("l2", 0.7), ("l1+bin", 0.6), ("l1+max", 0.5)):
+        for r in _rows("d1", 1)[1:2]:
+            rows.append({**r, "variant": variant, "test_auc": auc})
+    table = summary_frame(normalise_rows(rows))
+    got = {p: table.loc[("normal", p), "layer 1"] for _, p in table.index}
+    assert got == {
+        "sae s l1 k=16": 0.8,
+        "sae s l1+bin k=16": 0.6,
+        "sae s l1+max k=16": 0.5,
+        "sae s l2 k=16": 0.7,
+    }  # not one average of the four
 
 
 def test_summary_means_per_layer_and_k_order():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
@@ -107,3 +109,16 @@ def build_tiny_model(folder: Path, arch: str, seed: int = 0) -> Path:
     model.save_pretrained(folder)
     tiny_tokenizer(arch).save_pretrained(folder)
     return folder
+
+
+def write_word_dataset(path, n: int, seed: int) -> None:
+    """Sentences of random words; the label is decided by the last word (first or second half of WORDS)."""
+    rng = np.random.default_rng(seed)
+    half = len(WORDS) // 2
+    rows = []
+    for i in range(n):
+        label = i % 2
+        body = rng.choice(WORDS, size=rng.integers(2, 7)).tolist()
+        last = rng.choice(WORDS[half:] if label else WORDS[:half])
+        rows.append({"prompt": " ".join([*body, last]), "target": "yes" if label else "no"})
+    pd.DataFrame(rows).to_csv(path, index=False)

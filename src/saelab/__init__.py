@@ -12,3 +12,13 @@ import os as _os
 _os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 __version__ = "0.1.0"
+
+__all__ = ["__version__", "load_config", "read_results", "run"]
+
+
+def __getattr__(name: str):  # lazy: ``import saelab`` stays light (no torch import)
+    if name in ("load_config", "read_results", "run"):
+        from saelab import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'saelab' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""Command line: ``saelab run``, ``saelab report``, ``saelab compare``, ``saelab datasets``."""
+"""Command line: ``saelab run``, ``report``, ``compare``, ``datasets`` and ``cache``."""
 
 from __future__ import annotations
 
@@ -150,6 +150,91 @@ def report(
 
     path = build_report(run_dir, n_boot=n_boot)
     console.print(f"report: {path}", soft_wrap=True)
+
+
+cache_app = typer.Typer(
+    help="What the cache holds (activations, trained SAEs), and pruning it.",
+    no_args_is_help=False,
+    invoke_without_command=True,
+)
+app.add_typer(cache_app, name="cache")
+
+CacheDir = Annotated[
+    Path | None,
+    typer.Option("--dir", help="cache folder (default: $SAELAB_CACHE or ~/.cache/saelab)"),
+]
+
+
+def _cache_root(folder: Path | None) -> Path:
+    from saelab.pipeline.run import default_cache_dir
+
+    return folder or default_cache_dir()
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+def _print_entries(entries: list, title: str) -> None:
+    table = Table(title=title)
+    for col in ("kind", "what", "size", "last used", "path"):
+        table.add_column(col, justify="right" if col == "size" else "left", overflow="fold")
+    for e in entries:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e.last_used))
+        table.add_row(e.kind, e.what, _size(e.bytes), when, str(e.path))
+    console.print(table)
+    console.print(f"{len(entries)} entries, {_size(sum(e.bytes for e in entries))}")
+
+
+@cache_app.callback()
+def cache_main(ctx: typer.Context, folder: CacheDir = None) -> None:
+    """List the cache (``saelab cache``), or prune it (``saelab cache prune``)."""
+    if ctx.invoked_subcommand is None:
+        cache_list(folder)
+
+
+@cache_app.command("list")
+def cache_list(folder: CacheDir = None) -> None:
+    """List every cache entry: what it is, how big, when last used (most recent first)."""
+    from saelab.pipeline.cache import list_cache
+
+    root = _cache_root(folder)
+    _print_entries(list_cache(root), f"saelab cache {root}")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    max_size: Annotated[
+        str | None,
+        typer.Option(
+            "--max-size", help="keep at most this much, e.g. 5GB (least recently used go)"
+        ),
+    ] = None,
+    older_than: Annotated[
+        str | None,
+        typer.Option("--older-than", help="remove entries unused this long, e.g. 30d, 12h"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="only list what would go")] = False,
+    folder: CacheDir = None,
+) -> None:
+    """Remove cache entries by age and/or to fit a size; runs recompute what they need."""
+    from saelab.errors import ConfigError
+    from saelab.pipeline.cache import parse_age, parse_size, prune_cache
+
+    if max_size is None and older_than is None:
+        raise ConfigError("saelab cache prune: give --max-size and/or --older-than")
+    try:
+        max_bytes = None if max_size is None else parse_size(max_size)
+        age = None if older_than is None else parse_age(older_than)
+    except ValueError as exc:
+        raise ConfigError(f"saelab cache prune: {exc}") from None
+    root = _cache_root(folder)
+    gone = prune_cache(root, max_bytes=max_bytes, older_than=age, dry_run=dry_run)
+    _print_entries(gone, "would remove" if dry_run else "removed")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import importlib.resources
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from saelab.errors import ConfigError
+from saelab.names import BASELINES, SETTINGS
 
 PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -81,9 +84,8 @@ class SAEConfig(_Section):
         return self
 
 
-SettingName = Literal["normal", "scarcity", "imbalance", "label_noise", "ood"]
-SETTINGS: tuple[str, ...] = ("normal", "scarcity", "imbalance", "label_noise", "ood")
-BaselineName = Literal["logreg", "pca", "knn", "xgboost", "mlp"]
+SettingName = Literal[SETTINGS]  # type: ignore[valid-type]
+BaselineName = Literal[BASELINES]  # type: ignore[valid-type]
 
 
 class SAEVariant(_Section):
@@ -146,6 +148,9 @@ class ProbeConfig(_Section):
     )
     latent_ranking: Literal["mean", "none"] = Field(
         "mean", description="'mean': normalised mean difference (paper, current); 'none': raw"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where probe solvers run: auto = cuda when available, else cpu"
     )
 
     @field_validator("ks", "regime_ks", "quiver_ks")
@@ -225,8 +230,18 @@ class RegimesConfig(_Section):
         return self
 
 
+class RayConfig(_Section):
+    """Where the ``ray`` executor runs its tasks."""
+
+    address: str | None = Field(
+        None,
+        description="a running Ray cluster ('auto', 'ray://head:10001'); null starts a local Ray",
+    )
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all)")
+
+
 class RunConfig(_Section):
-    """A whole run: model, layers, datasets, SAEs, probes."""
+    """A whole run: model, layers, datasets, SAEs, probes, and who runs the probe units."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
     seed: int = 42
@@ -249,6 +264,17 @@ class RunConfig(_Section):
         default_factory=lambda: [SAEConfig(id="topk", train=SAETrainConfig())]
     )
     probes: ProbeConfig = Field(default_factory=ProbeConfig)
+    executor: Literal["local", "serial", "ray"] = Field(
+        "local",
+        description=(
+            "local: a process pool over the cores; serial: in this process; ray: Ray tasks "
+            "(pip install 'saelab[ray]')"
+        ),
+    )
+    workers: int | None = Field(
+        None, ge=1, description="processes of the local executor (default: the machine's cores)"
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @field_validator("layers")
     @classmethod
@@ -268,8 +294,10 @@ class RunConfig(_Section):
             layers = getattr(self.regimes, name).layers
             extra = sorted(set(layers or []) - set(self.layers))
             if extra:
-                raise ValueError(
-                    f"regimes.{name}.layers {extra} are not among the run's layers {self.layers}"
+                raise PydanticCustomError(
+                    "regime_layers",
+                    "key 'regimes.{name}.layers': {extra} not among the run's layers {layers}",
+                    {"name": name, "extra": str(extra), "layers": str(self.layers)},
                 )
         return self
 
@@ -303,14 +331,58 @@ class RunConfig(_Section):
 
 
 def _format_error(err: ValidationError, source: str) -> str:
+    """One line per problem: the key and the offending value, never the whole config."""
     lines = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        key = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"unknown key '{key}'")
+        elif not key or isinstance(e.get("input"), dict):
+            lines.append(
+                e["msg"].removeprefix("Value error, ") + ("" if not key else f" (at '{key}')")
+            )
         else:
-            lines.append(f"key '{key}': {e['msg']} (got {e.get('input')!r})")
+            value = repr(e.get("input"))
+            value = value if len(value) <= 200 else value[:200] + "..."
+            lines.append(f"key '{key}': {e['msg']} (got {value})")
     return f"invalid config {source}:\n  " + "\n  ".join(lines)
+
+
+def _fit_regime_layers(data: dict[str, Any], overrides: list[str]) -> None:
+    """After ``--set layers=...``, regime layer lists that no longer fit follow the new layers.
+
+    A regime's list keeps the layers still in the run; when none is left it is dropped (the
+    regime then probes every layer of the run). Each change is logged. Without a ``layers``
+    override, a regime list outside the run's layers stays an error.
+    """
+    if not any(parse_set_option(o)[0] == ["layers"] for o in overrides):
+        return
+    layers = data.get("layers")
+    regimes = data.get("regimes")
+    if not isinstance(layers, list) or not isinstance(regimes, dict):
+        return
+    try:
+        run_layers = {int(x) for x in layers}
+    except (TypeError, ValueError):
+        return  # validation reports the bad value
+    for name, section in regimes.items():
+        if not isinstance(section, dict) or not isinstance(section.get("layers"), list):
+            continue
+        own = section["layers"]
+        kept = [x for x in own if x in run_layers]
+        if kept == own:
+            continue
+        if kept:
+            section["layers"] = kept
+        else:
+            del section["layers"]
+        logging.getLogger("saelab").info(
+            "--set layers=%s: regimes.%s.layers %s -> %s",
+            sorted(run_layers),
+            name,
+            own,
+            kept or f"every run layer {sorted(run_layers)}",
+        )
 
 
 def parse_set_option(item: str) -> tuple[list[str], Any]:
@@ -388,6 +460,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if not isinstance(data, dict):
         raise ConfigError(f"config {source} must be a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
+    _fit_regime_layers(data, overrides or [])
+    return validate_config(data, source)
+
+
+def validate_config(data: dict[str, Any], source: str) -> RunConfig:
+    """A ``RunConfig`` from a raw mapping; errors name the key, the value and ``source``."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

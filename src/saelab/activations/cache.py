@@ -2,15 +2,19 @@
 
 Layout: ``root/activations/<model slug>/<key>.safetensors`` where ``key = stable_hash`` of every
 input that decides the file's content (format version, model id, layer, hook, pooling, resolved
-max_length, truncation side, keep_tokens, compute dtype, hash of the texts). The header metadata
+max_length, truncation side, keep_tokens, compute dtype, hash of the texts, torch and transformers
+versions). A file's modification time is set when it is read, so it says when it was last used
+(``saelab cache``). The header metadata
 holds those key parts as JSON and a digest of the tensor bytes; a file that fails any check is
 logged, recomputed and rewritten (docs/DESIGN.md, "Conventions").
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -56,6 +60,18 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return hash_bytes("\n".join(lines).encode("utf-8"))
 
 
+def _transformers_version() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def touch(path: Path) -> None:
+    """Mark a cache file as used now (its modification time is the cache's "last used")."""
+    with contextlib.suppress(OSError):  # a read-only cache still works
+        os.utime(path)
+
+
 def model_slug(model_id: str) -> str:
     """Folder-safe name of a model: the part of ``model_id`` before ``@``, ``/`` -> ``__``."""
     name = model_id.split("@", 1)[0].replace("/", "__")
@@ -93,6 +109,9 @@ class ActivationCache:
             "dtype": str(handle.dtype).removeprefix("torch."),
             "texts": texts_hash,
             "n_texts": n_texts,
+            # the forward pass's numbers can change with these libraries
+            "torch": torch.__version__,
+            "transformers": _transformers_version(),
         }
 
     def path_for(self, handle: ModelHandle, parts: dict[str, Any]) -> Path:
@@ -205,6 +224,7 @@ class ActivationCache:
             return self._corrupt(path, problem)
         if metadata.get(_META_DIGEST) != tensors_digest(tensors):
             return self._corrupt(path, "tensor digest does not match the header")
+        touch(path)
         if keep_tokens:
             return LayerActivations(
                 pooled=tensors["pooled"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,15 +36,33 @@ def setup_logging(run_dir: Path | None = None, level: int = logging.INFO) -> Non
 
 
 class StageTimer:
-    """Wall-clock seconds per named stage, accumulated."""
+    """Wall-clock seconds per named stage, accumulated and exclusive.
+
+    Stages nest (the probe stage reads activations and encodes SAEs as it goes, in a background
+    thread): while an inner stage runs, the outer one's clock is paused, so the seconds of all
+    stages add up to the wall time spent inside any of them. Thread-safe.
+    """
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self._stack: list[str] = []
+        self._since = 0.0
+        self._lock = threading.Lock()
+
+    def _charge(self, now: float) -> None:
+        if self._stack:
+            top = self._stack[-1]
+            self.seconds[top] = self.seconds.get(top, 0.0) + now - self._since
+        self._since = now
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
-        start = time.perf_counter()
+        with self._lock:
+            self._charge(time.perf_counter())
+            self._stack.append(stage)
         try:
             yield
         finally:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - start
+            with self._lock:
+                self._charge(time.perf_counter())
+                self._stack.remove(stage)  # the innermost entry of this stage

@@ -4,7 +4,8 @@ Layout of a run folder::
 
     run.json            resolved config, versions, stage timings, status
     run.log             the log of every invocation
-    units/<key>.parquet rows of one finished probe unit (written atomically; presence = done)
+    units/<key>.parquet rows of one finished probe unit (written atomically; presence = done),
+                        with the splits it skipped in the file's metadata
     skipped.csv         what could not be done (dataset, setting, value, layer, reason)
     results.parquet     all rows of the units planned by the current config
     results.csv         the same, as CSV
@@ -21,11 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from saelab.io import atomic_path
 
 log = logging.getLogger(__name__)
+
+_SKIPPED_META = b"saelab.skipped"
 
 #: Columns every result row carries, in order. Later evals add their own columns after these.
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -52,6 +56,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "test_acc",
     "test_f1",
     "val_auc",
+    "converged",
     "C",
     "hyperparams",
     "latents",
@@ -74,6 +79,8 @@ _VERSIONED = (
     "numpy",
     "pandas",
     "safetensors",
+    "scipy",
+    "xgboost",
     "sae-probes",
 )
 
@@ -113,21 +120,37 @@ class ResultStore:
             return False
         return True
 
-    def put(self, key: str, rows: list[dict[str, Any]]) -> None:
-        """Write the rows of one finished unit atomically."""
-        frame = normalise_rows(rows)
-        with atomic_path(self._path(key)) as tmp:
-            frame.to_parquet(tmp, index=False)
+    def put(self, key: str, rows: list[dict[str, Any]], skipped: list[dict[str, Any]] = ()) -> None:
+        """Write the rows of one finished unit atomically, with the splits it skipped.
 
-    def collect(self, keys: list[str]) -> pd.DataFrame:
-        """All rows of the given units, in the given order."""
-        frames = [pd.read_parquet(self._path(k)) for k in keys if self._path(k).is_file()]
+        The skipped splits (dicts of ``Skipped``) travel in the parquet file's metadata, so a
+        finished unit is one file and a resumed run still reports them.
+        """
+        frame = normalise_rows(rows)
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        meta = dict(table.schema.metadata or {})
+        meta[_SKIPPED_META] = json.dumps(list(skipped)).encode("utf-8")
+        with atomic_path(self._path(key)) as tmp:
+            pq.write_table(table.replace_schema_metadata(meta), tmp)
+
+    def collect(self, keys: list[str]) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+        """All rows of the given units, in the given order, and the splits they skipped."""
+        frames, skipped = [], []
+        for k in keys:
+            path = self._path(k)
+            if not path.is_file():
+                continue
+            table = pq.read_table(path)
+            frames.append(table.to_pandas())
+            raw = (table.schema.metadata or {}).get(_SKIPPED_META)
+            if raw:
+                skipped.extend(json.loads(raw.decode("utf-8")))
         if not frames:
-            return normalise_rows([])
+            return normalise_rows([]), skipped
         with warnings.catch_warnings():
             # all-null columns (e.g. ``sae`` in a baseline unit) take the dtype of the others
             warnings.simplefilter("ignore", FutureWarning)
-            return pd.concat(frames, ignore_index=True)
+            return pd.concat(frames, ignore_index=True), skipped
 
     def write_skipped(self, skipped: list[dict[str, Any]]) -> Path:
         """Write ``skipped.csv``: what the run could not do, one row per item, with the reason."""
@@ -140,12 +163,12 @@ class ResultStore:
 
     def write_tables(self, frame: pd.DataFrame) -> tuple[Path, Path]:
         """Write ``results.parquet`` and ``results.csv`` atomically."""
-        pq, csv = self.run_dir / "results.parquet", self.run_dir / "results.csv"
-        with atomic_path(pq) as tmp:
+        parquet, csv = self.run_dir / "results.parquet", self.run_dir / "results.csv"
+        with atomic_path(parquet) as tmp:
             frame.to_parquet(tmp, index=False)
         with atomic_path(csv) as tmp:
             frame.to_csv(tmp, index=False)
-        return pq, csv
+        return parquet, csv
 
 
 def normalise_rows(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -1,157 +1,213 @@
-"""Probe units: the smallest pieces of probing work, described by plain data so any executor can run them.
+"""Execute: run one probe unit from its spec and its input arrays, anywhere.
 
-A unit is a pure function of its spec and its input arrays: ``run_unit(spec, inputs) -> rows``.
-The spec is JSON-able; the inputs are numpy / scipy arrays, so a unit can be shipped to another process
-or machine (Ray, later) as easily as run in place.
+``run_unit(spec, inputs) -> rows`` is a pure function of a JSON-able :class:`UnitSpec` and numpy /
+scipy arrays (:class:`UnitInputs`), so the serial executor, the process pool and Ray tasks all run
+the same function and produce the same rows. It runs single-threaded (torch, BLAS, XGBoost), so
+its numbers do not depend on the executor or on how many cores the machine has.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any
 
 import numpy as np
 
-from saelab.io import json_ready, stable_hash
+from saelab.errors import ProbeDataError
+from saelab.io import json_ready
+from saelab.pipeline.plan import UnitSpec
+from saelab.pipeline.regimes import Skipped
 
-PROBE_PROTOCOL_VERSION = 2
 
+@dataclass
+class SplitInputs:
+    """One split of a unit: positions of its rows in the unit's feature arrays, and labels.
 
-@dataclass(frozen=True)
-class UnitSpec:
-    """Everything that decides a unit's rows (its hash is the unit key)."""
+    ``train`` [n] indexes ``UnitInputs.x``; ``test`` [m] indexes ``UnitInputs.x`` when
+    ``test_source`` is None, else ``UnitInputs.x_test[test_source]`` (an OOD test set).
+    ``y_train`` carries the split's (possibly noisy) training labels, ``y_test`` the clean ones.
+    """
 
-    kind: Literal["baseline", "sae"]
-    dataset: str
-    dataset_hash: str
-    family: str
-    setting: str
-    setting_value: float | None
-    split_hash: str
-    layer: int
-    hook_name: str
-    pooling: str
-    method: str
-    model: str
-    model_id: str
-    seed: int
-    activation_key: dict[str, Any]
+    train: np.ndarray
+    y_train: np.ndarray
+    test: np.ndarray
+    y_test: np.ndarray
     test_source: str | None = None
-    sae: str | None = None
-    sae_key: str | None = None
-    ks: tuple[int, ...] = ()
-    options: dict[str, Any] = field(default_factory=dict)
-    version: int = PROBE_PROTOCOL_VERSION
-
-    @property
-    def key(self) -> str:
-        return stable_hash(asdict(self), length=24)
+    unavailable: str | None = None  # why the split's inputs could not be made
 
 
 @dataclass
 class UnitInputs:
-    """Arrays a unit needs: dense features for baselines, sparse codes for SAE probes."""
+    """Arrays a unit needs: pooled activations [rows, d] (baselines) or CSR codes [rows, d_sae]
+    (SAE probes) of the dataset rows its splits use, and the same for OOD test sets."""
 
-    x_train: Any
-    y_train: np.ndarray
-    x_test: Any
-    y_test: np.ndarray
+    x: Any
+    splits: list[SplitInputs]
+    x_test: dict[str, Any] = field(default_factory=dict)
 
-
-class Executor(Protocol):
-    """Runs units; the local one runs them in order in this process."""
-
-    def map(
-        self,
-        fn: Callable[[UnitSpec, UnitInputs], list[dict[str, Any]]],
-        jobs: Iterable[tuple[UnitSpec, UnitInputs]],
-    ) -> Iterator[tuple[UnitSpec, list[dict[str, Any]]]]: ...
+    def test_features(self, split: SplitInputs) -> Any:
+        return self.x if split.test_source is None else self.x_test[split.test_source]
 
 
-class LocalExecutor:
-    """Run units one after another in this process."""
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run the block with one torch thread and one BLAS / OpenMP thread, then restore."""
+    import torch
+    from threadpoolctl import threadpool_limits
 
-    def map(self, fn, jobs):  # type: ignore[no-untyped-def]
-        for spec, inputs in jobs:
-            yield spec, fn(spec, inputs)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
 
 
-def run_unit(spec: UnitSpec, inputs: UnitInputs) -> list[dict[str, Any]]:
-    """Fit the unit's probes and return its result rows (without run-level columns).
+@dataclass
+class UnitOutcome:
+    """Rows of a finished unit (without run-level columns) and the splits it had to skip."""
 
-    Baseline units fit one method of ``saelab.probes.BASELINES`` on dense activations; SAE units
-    fit the SAE probe for every k of ``spec.ks`` with the variant in ``spec.options`` (penalty,
-    binarize, code pooling, latent ranking).
+    rows: list[dict[str, Any]]
+    skipped: list[Skipped]
+
+
+def _split_problem(split: SplitInputs) -> str | None:
+    """Why a split cannot be probed (no inputs, a class missing from its rows), or None."""
+    if split.unavailable:
+        return split.unavailable
+    for name, y in (("training", split.y_train), ("test", split.y_test)):
+        values = np.unique(np.asarray(y))
+        if values.size < 2:
+            return f"its {name} rows have only class {values.tolist()}"
+    return None
+
+
+def run_unit(spec: UnitSpec, inputs: UnitInputs) -> UnitOutcome:
+    """Fit the unit's probes on every split and return its result rows (without run columns).
+
+    Baseline units run the protocol of ``saelab.probes.BASELINES[spec.method]`` on pooled
+    activations; SAE units rank latents per split and fit the SAE probe for every k of
+    ``spec.ks`` with the variant in ``spec.options`` (penalty, binarize, latent ranking). A split
+    whose training or test rows lack a class is skipped (with its reason); the others run.
     """
-    from saelab.probes import BASELINES, fit_sae_probes
+    from saelab.probes.baselines import baseline_method
+    from saelab.probes.protocol import Problem, run_protocol
+    from saelab.probes.sae_probes import CodeSplit, fit_sae_probes_many
 
-    start = time.perf_counter()
-    opts = spec.options
-    if spec.kind == "baseline":
-        if spec.method not in BASELINES:
-            raise ValueError(f"unknown baseline method {spec.method!r}")
-        results = [
-            BASELINES[spec.method](
-                inputs.x_train, inputs.y_train, inputs.x_test, inputs.y_test, seed=spec.seed
-            )
-        ]
-    else:
-        results = fit_sae_probes(
-            inputs.x_train,
-            inputs.y_train,
-            inputs.x_test,
-            inputs.y_test,
-            ks=list(spec.ks),
-            seed=spec.seed,
-            normalization=opts.get("latent_ranking", "mean"),
-            binarize=bool(opts.get("binarize", False)),
-            penalty=opts.get("penalty", "l2"),
-            variant=opts.get("variant"),
+    if len(inputs.splits) != len(spec.splits):
+        raise ProbeDataError(
+            f"unit {spec.describe()}: {len(inputs.splits)} split inputs for {len(spec.splits)} splits"
         )
+    skipped = []
+    keep = []
+    for ref, split in zip(spec.splits, inputs.splits, strict=True):
+        reason = _split_problem(split)
+        if reason is None:
+            keep.append((ref, split))
+        else:
+            skipped.append(_skip(spec, ref.setting_value, ref.test_source, reason))
+    if not keep:
+        return UnitOutcome([], skipped)
+    refs = [ref for ref, _ in keep]
+    splits = [split for _, split in keep]
+    device = spec.engine.get("device", "cpu")
+    start = time.perf_counter()
+    with single_threaded():
+        if spec.kind == "baseline":
+            method = baseline_method(spec.method, seed=spec.seed, device=device)
+            problems = [
+                Problem(
+                    inputs.x[s.train],
+                    s.y_train,
+                    inputs.test_features(s)[s.test],
+                    s.y_test,
+                )
+                for s in splits
+            ]
+            per_split = [[r] for r in run_protocol(method, problems, spec.seed)]
+        else:
+            opts = spec.options
+            per_split = fit_sae_probes_many(
+                [
+                    CodeSplit(
+                        inputs.x[s.train],
+                        s.y_train,
+                        inputs.test_features(s)[s.test],
+                        s.y_test,
+                    )
+                    for s in splits
+                ],
+                ks=list(spec.ks),
+                seed=spec.seed,
+                normalization=opts.get("latent_ranking", "mean"),
+                binarize=bool(opts.get("binarize", False)),
+                penalty=opts.get("penalty", "l1"),
+                variant=opts.get("variant"),
+                device=device,
+            )
     unit_seconds = time.perf_counter() - start
     config = asdict(spec)
+    is_sae = spec.kind == "sae"
+    opts = spec.options
     rows = []
-    for r in results:
-        is_sae = spec.kind == "sae"
-        variant = r.variant if is_sae else None
-        rows.append(
-            {
-                "dataset": spec.dataset,
-                "family": spec.family,
-                "setting": spec.setting,
-                "setting_value": spec.setting_value,
-                "test_source": spec.test_source,
-                "layer": spec.layer,
-                "hook_name": spec.hook_name,
-                "pooling": spec.pooling,
-                "method": spec.method,
-                "sae": spec.sae,
-                "k": r.k,
-                "penalty": opts.get("penalty")
-                if is_sae
-                else ("l2" if r.method == "logreg" else None),
-                "binarize": bool(opts.get("binarize", False)) if is_sae else None,
-                "code_pooling": opts.get("code_pooling") if is_sae else None,
-                "variant": variant,
-                "probe": f"sae:{spec.sae}:k{r.k}:{variant}" if is_sae else spec.method,
-                "n_train": r.n_train,
-                "n_test": r.n_test,
-                "test_auc": r.test_auc,
-                "test_acc": r.test_acc,
-                "test_f1": r.test_f1,
-                "val_auc": r.val_auc,
-                "C": r.hyperparams.get("C"),
-                "hyperparams": {k: json_ready(v) for k, v in r.hyperparams.items()},
-                "latents": r.latents,
-                "seed": spec.seed,
-                "seconds": r.seconds,
-                "unit_seconds": unit_seconds,
-                "model": spec.model,
-                "model_id": spec.model_id,
-                "unit_key": spec.key,
-                "unit_config": config,
-            }
+    for ref, results in zip(refs, per_split, strict=True):
+        for r in results:
+            rows.append(
+                {
+                    "dataset": spec.dataset,
+                    "family": spec.family,
+                    "setting": spec.setting,
+                    "setting_value": ref.setting_value,
+                    "test_source": ref.test_source,
+                    "layer": spec.layer,
+                    "hook_name": spec.hook_name,
+                    "pooling": spec.pooling,
+                    "method": spec.method,
+                    "sae": spec.sae,
+                    "k": r.k,
+                    "penalty": opts.get("penalty")
+                    if is_sae
+                    else ("l2" if spec.method == "logreg" else None),
+                    "binarize": bool(opts.get("binarize", False)) if is_sae else None,
+                    "code_pooling": opts.get("code_pooling") if is_sae else None,
+                    "variant": r.variant if is_sae else None,
+                    "probe": f"sae:{spec.sae}:k{r.k}:{r.variant}" if is_sae else spec.method,
+                    "n_train": r.n_train,
+                    "n_test": r.n_test,
+                    "test_auc": r.test_auc,
+                    "test_acc": r.test_acc,
+                    "test_f1": r.test_f1,
+                    "val_auc": r.val_auc,
+                    "converged": r.converged,
+                    "C": r.hyperparams.get("C"),
+                    "hyperparams": {k: json_ready(v) for k, v in r.hyperparams.items()},
+                    "latents": r.latents,
+                    "seed": spec.seed,
+                    "seconds": r.seconds,
+                    "unit_seconds": unit_seconds,
+                    "model": spec.model,
+                    "model_id": spec.model_id,
+                    "unit_key": spec.key,
+                    "unit_config": config,
+                }
+            )
+    return UnitOutcome(rows, skipped)
+
+
+def _skip(spec: UnitSpec, value: float | None, source: str | None, reason: str) -> Skipped:
+    probe = spec.method if spec.sae is None else f"{spec.method} {spec.sae}"
+    return Skipped(spec.dataset, spec.setting, value, f"{probe}: {reason}", spec.layer, source)
+
+
+def run_unit_or_skip(spec: UnitSpec, inputs: UnitInputs) -> UnitOutcome:
+    """``run_unit``, with bad probe data in the whole unit turned into one skip per split."""
+    try:
+        return run_unit(spec, inputs)
+    except ProbeDataError as exc:
+        return UnitOutcome(
+            [], [_skip(spec, r.setting_value, r.test_source, str(exc)) for r in spec.splits]
         )
-    return rows

@@ -1,27 +1,34 @@
 """SAE probes: rank SAE latents by class mean difference, then fit logreg on the top-k latents.
 
-Source: sae-probes spec section 4.1 (``run_sae_eval``, ``get_sorted_indices``,
-``mean_act_normalization``). Codes stay sparse (CSR) throughout: ranking works on the nonzeros, and
-only the top-k columns (k <= max(ks)) are ever densified, so a 1M-wide SAE never costs
-[n, d_sae] dense memory (the peer densifies the whole code matrix, spec 7.2).
+Source: sae-probes 0.4.2 ``run_sae_evals.py`` (``run_sae_eval``, ``get_sorted_indices``,
+``mean_act_normalization``) and the paper's section 3.2. Codes stay sparse (CSR) throughout:
+ranking works on the nonzeros, and only the top-k columns (k <= max(ks)) are ever densified, so a
+1M-wide SAE never costs [n, d_sae] dense memory (the peer densifies the whole code matrix).
+
+As in the paper, latents are ranked once on a split's whole training set, and the logistic
+probe's C is then validated on the top-k columns (so the ranking has seen the validation rows).
+:class:`SAEProbe` is the same probe as a scikit-learn estimator: with ``latents=None`` it ranks on
+the rows given to ``fit``.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-from tqdm.auto import tqdm
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.validation import check_is_fitted
 
 from saelab.errors import ConfigError, ProbeDataError
-from saelab.probes.baseline import binary_labels, fit_probe_protocol
-from saelab.probes.logistic import ArrayLike, limit_solver_threads
+from saelab.probes.linear import LogisticMethod, Penalty
+from saelab.probes.logistic import LogisticProbe
+from saelab.probes.protocol import C_GRID, ArrayLike, Problem, binary_labels, run_protocol
 from saelab.probes.result import ProbeResult
-from saelab.probes.validation import C_GRID
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +125,7 @@ def rank_latents(
     return np.argsort(-np.abs(diff), kind="stable")
 
 
-def _effective_ks(ks: Sequence[int], d_sae: int) -> list[int]:
+def effective_ks(ks: Sequence[int], d_sae: int) -> list[int]:
     """ks capped at d_sae, duplicates after capping dropped, first-seen order kept."""
     out: list[int] = []
     for k in ks:
@@ -140,6 +147,143 @@ def _variant(normalization: str, binarize: bool) -> str | None:
     return ",".join(parts) or None
 
 
+def top_columns(codes: sp.csr_matrix, latents: np.ndarray, binarize: bool) -> np.ndarray:
+    """Dense float64 [n, len(latents)] of the chosen code columns (indicator != 0 if binarize)."""
+    dense = codes[:, latents].toarray().astype(np.float64)
+    return (dense != 0).astype(np.float64) if binarize else dense
+
+
+class SAEProbe(ClassifierMixin, BaseEstimator):
+    """The top-k SAE latent probe as an estimator: rank latents, keep k, fit a logistic probe.
+
+    ``fit(codes [n, d_sae], y)`` ranks the latents on those rows (:func:`rank_latents`, unless
+    ``latents`` fixes the ranking), keeps the top ``k`` columns of the raw codes (the indicator
+    code != 0 with ``binarize``) and fits ``LogisticProbe(C, penalty)`` on them. Codes may be
+    scipy sparse, numpy or torch. Learned: ``latents_`` [k], ``logistic_``, ``classes_``,
+    ``converged_``.
+    """
+
+    def __init__(
+        self,
+        k: int = 16,
+        C: float = 1.0,
+        penalty: Penalty = "l1",
+        binarize: bool = False,
+        normalization: Normalization = "mean",
+        latents: Sequence[int] | None = None,
+    ) -> None:
+        self.k = k
+        self.C = C
+        self.penalty = penalty
+        self.binarize = binarize
+        self.normalization = normalization
+        self.latents = latents
+
+    def fit(self, codes: ArrayLike, y: ArrayLike) -> SAEProbe:
+        A = as_csr(codes, "codes")
+        if self.latents is None:
+            order = rank_latents(A, y, self.normalization)
+        else:
+            order = np.asarray(self.latents, dtype=np.int64)
+        self.latents_ = order[: effective_ks([self.k], A.shape[1])[0]]
+        X = top_columns(A, self.latents_, self.binarize)
+        self.logistic_ = LogisticProbe(C=self.C, penalty=self.penalty).fit(X, y)
+        self.classes_ = self.logistic_.classes_
+        self.converged_ = self.logistic_.converged_
+        self.n_features_in_ = A.shape[1]
+        return self
+
+    def decision_function(self, codes: ArrayLike) -> np.ndarray:
+        """x . w + b on the chosen latents -> [n] (> 0 predicts ``classes_[1]``)."""
+        check_is_fitted(self)
+        A = as_csr(codes, "codes")
+        return self.logistic_.decision_function(top_columns(A, self.latents_, self.binarize))
+
+    def predict_proba(self, codes: ArrayLike) -> np.ndarray:
+        check_is_fitted(self)
+        A = as_csr(codes, "codes")
+        return self.logistic_.predict_proba(top_columns(A, self.latents_, self.binarize))
+
+    def predict(self, codes: ArrayLike) -> np.ndarray:
+        return self.classes_[(self.decision_function(codes) > 0).astype(np.int64)]
+
+
+@dataclass
+class CodeSplit:
+    """SAE codes and labels of one train/test split: codes [n, d_sae] and [m, d_sae] (CSR)."""
+
+    codes_train: ArrayLike
+    y_train: ArrayLike
+    codes_test: ArrayLike
+    y_test: ArrayLike
+
+
+def sae_problems(
+    split: CodeSplit,
+    ks: Sequence[int],
+    normalization: Normalization = "mean",
+    binarize: bool = False,
+    variant: str | None = None,
+) -> list[Problem]:
+    """One protocol problem per effective k: the split's top-k latent columns (paper 4.1).
+
+    Latents are ranked once on the split's training rows; problem k holds the dense top-k columns
+    of the raw codes (their indicator with ``binarize``) and ``info = {k, latents, variant}``.
+    """
+    A_train = as_csr(split.codes_train, "codes_train")
+    A_test = as_csr(split.codes_test, "codes_test")
+    if A_test.shape[1] != A_train.shape[1]:
+        raise ProbeDataError(
+            f"codes_test: expected {A_train.shape[1]} latents like codes_train, "
+            f"got {A_test.shape[1]}"
+        )
+    order = rank_latents(A_train, split.y_train, normalization)
+    ks_eff = effective_ks(ks, A_train.shape[1])
+    top = order[: max(ks_eff)]
+    dense_train = top_columns(A_train, top, binarize)  # [n_train, max k]
+    dense_test = top_columns(A_test, top, binarize)  # [n_test, max k]
+    return [
+        Problem(
+            dense_train[:, :k],
+            split.y_train,
+            dense_test[:, :k],
+            split.y_test,
+            info={"k": k, "latents": [int(j) for j in top[:k]], "variant": variant},
+        )
+        for k in ks_eff
+    ]
+
+
+def fit_sae_probes_many(
+    splits: Sequence[CodeSplit],
+    ks: Sequence[int],
+    seed: int = 42,
+    Cs: Sequence[float] | np.ndarray = C_GRID,
+    normalization: Normalization = "mean",
+    binarize: bool = False,
+    penalty: Penalty = "l1",
+    variant: str | None = None,
+    device: str = "cpu",
+) -> list[list[ProbeResult]]:
+    """SAE probes for every k on every split, all fits in batched solves (paper 4.1).
+
+    Each split's latents are ranked once on its training rows; the protocol (C validated on the
+    top-k columns, refit, test) then runs for all (split, k) problems at once.
+
+    Returns, per split, one ``ProbeResult`` (method ``"sae"``) per effective k in the order of
+    ``ks`` (capped at d_sae, repeats dropped), with ``k`` and ``latents`` (best first).
+    """
+    variant = variant if variant is not None else _variant(normalization, binarize)
+    per_split = [sae_problems(s, ks, normalization, binarize, variant) for s in splits]
+    method = LogisticMethod(penalty=penalty, Cs=Cs, name="sae", device=device)
+    flat = run_protocol(method, [p for problems in per_split for p in problems], seed)
+    out, start = [], 0
+    for problems in per_split:
+        out.append(flat[start : start + len(problems)])
+        start += len(problems)
+    return out
+
+
 def fit_sae_probes(
     codes_train: ArrayLike,
     y_train: ArrayLike,
@@ -150,59 +294,19 @@ def fit_sae_probes(
     Cs: Sequence[float] | np.ndarray = C_GRID,
     normalization: Normalization = "mean",
     binarize: bool = False,
-    progress: bool = False,
-    penalty: Literal["l1", "l2"] = "l2",
+    penalty: Penalty = "l1",
     variant: str | None = None,
+    device: str = "cpu",
 ) -> list[ProbeResult]:
-    """SAE probes for each k: the top-k ranked latents, fitted with the logreg protocol (spec 4.1).
-
-    Latents are ranked once on the training rows (``rank_latents``). For each k (capped at d_sae,
-    duplicates after capping dropped) the top-k columns of the **raw** codes are densified
-    (indicator a != 0 with ``binarize``) and passed to ``fit_probe_protocol``: the same
-    validation, refit and scoring as the logreg baseline.
+    """SAE probes for each k on one split (:func:`fit_sae_probes_many` with one split).
 
     Args:
         codes_train: [n_train, d_sae], codes_test: [n_test, d_sae] (CSR preferred; dense works);
         y_train: [n_train], y_test: [n_test] 0/1 labels; ks: numbers of latents.
-        penalty: ``"l2"`` (batched Newton) or ``"l1"`` (LIBLINEAR; the paper's main SAE probe).
+        penalty: ``"l1"`` (the paper's main SAE probe) or ``"l2"``.
         variant: label recorded in the results (default: derived from normalization/binarize).
-
-    Returns:
-        One ``ProbeResult`` (method ``"sae"``) per effective k, in the order of ``ks``, with ``k``
-        and ``latents`` (the chosen latent ids, best first).
     """
-    A_train = as_csr(codes_train, "codes_train")
-    A_test = as_csr(codes_test, "codes_test")
-    if A_test.shape[1] != A_train.shape[1]:
-        raise ProbeDataError(
-            f"codes_test: expected {A_train.shape[1]} latents like codes_train, "
-            f"got {A_test.shape[1]}"
-        )
-    order = rank_latents(A_train, y_train, normalization)
-    ks_eff = _effective_ks(ks, A_train.shape[1])
-    top = order[: max(ks_eff)]
-    dense_train = A_train[:, top].toarray().astype(np.float64)  # [n_train, max k]
-    dense_test = A_test[:, top].toarray().astype(np.float64)  # [n_test, max k]
-    if binarize:
-        dense_train = (dense_train != 0).astype(np.float64)
-        dense_test = (dense_test != 0).astype(np.float64)
-    variant = variant if variant is not None else _variant(normalization, binarize)
-    results = []
-    with limit_solver_threads(A_train.shape[0], max(ks_eff)):  # set once for all ks
-        for k in tqdm(ks_eff, desc="SAE probes (k)", disable=not progress):
-            result = fit_probe_protocol(
-                dense_train[:, :k],
-                y_train,
-                dense_test[:, :k],
-                y_test,
-                method="sae",
-                seed=seed,
-                Cs=Cs,
-                k=k,
-                latents=[int(j) for j in top[:k]],
-                variant=variant,
-                penalty=penalty,
-            )
-            logger.debug("SAE probe k=%d: test AUC %.4f", k, result.test_auc)
-            results.append(result)
-    return results
+    split = CodeSplit(codes_train, y_train, codes_test, y_test)
+    return fit_sae_probes_many(
+        [split], ks, seed, Cs, normalization, binarize, penalty, variant, device
+    )[0]

@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from saelab.io import write_bytes_atomic, write_json_atomic
+from saelab.names import BASELINES
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ OKABE_ITO = {
     "purple": "#CC79A7",
 }
 _GREY = "#7F7F7F"
-_BASELINE_ORDER = ("logreg", "pca", "knn", "xgboost", "mlp")
+
 _QUIVERS = ("best_baseline", "best_with_sae")
 
 
@@ -367,7 +368,7 @@ def plot_auc_vs_k(
 
 def _ordered_methods(methods: Iterable[str]) -> list[str]:
     present = list(methods)
-    known = [m for m in _BASELINE_ORDER if m in present]
+    known = [m for m in BASELINES if m in present]
     return known + sorted(m for m in present if m not in known)
 
 
@@ -422,7 +423,7 @@ def plot_regime(
     if data.empty:
         raise _NotDrawn(f"no {setting} rows")
     labels = _regime_lines(data, quiver_ks, primary, sae_table)
-    single_baseline = data["probe"].isin(_BASELINE_ORDER).groupby(data["probe"]).any().sum() <= 1
+    single_baseline = data["probe"].isin(BASELINES).groupby(data["probe"]).any().sum() <= 1
     if single_baseline:  # the best baseline is that baseline: its line would hide under it
         labels = [label for label in labels if label != "best_baseline"]
     if not labels:

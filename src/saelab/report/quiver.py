@@ -33,8 +33,11 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-BASELINE_ORDER: tuple[str, ...] = ("logreg", "pca", "knn", "xgboost", "mlp")
-"""The paper's five baselines (spec 3.2-3.3), in the order that wins validation-AUC ties."""
+from saelab.names import BASELINES
+
+BASELINE_ORDER: tuple[str, ...] = BASELINES
+"""The paper's five baselines (``saelab.names.BASELINES``), in the order that wins
+validation-AUC ties."""
 
 QUIVER_KEYS: tuple[str, ...] = ("dataset", "setting", "setting_value", "test_source", "layer")
 """Columns that identify one quiver point; null values (normal setting, non-OOD) form groups."""

@@ -6,31 +6,41 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
+from saelab.names import SAE_METHOD
+
 
 def method_label(row: pd.Series) -> str:
-    """``logreg`` for baselines, ``sae <id> k=<k>`` for SAE probes."""
-    if row["method"] == "sae":
-        return f"sae {row['sae']} k={int(row['k'])}"
+    """``logreg`` for baselines, ``sae <id> <variant> k=<k>`` for SAE probes (variants apart)."""
+    if row["method"] == SAE_METHOD:
+        variant = row.get("variant")
+        variant = "" if variant is None or pd.isna(variant) else f" {variant}"
+        return f"sae {row['sae']}{variant} k={int(row['k'])}"
     return str(row["method"])
 
 
 def summary_frame(results: pd.DataFrame) -> pd.DataFrame:
-    """Mean test AUC over datasets per (setting, probe, layer); rows ordered baselines first, then k."""
+    """Mean test AUC over datasets per (setting, probe, layer); baselines first, then SAE probes
+    by SAE, variant and k. Every SAE variant (L1, L2, binarized, max-pooled) is its own row."""
     if results.empty:
         return pd.DataFrame()
     df = results.copy()
+    if "variant" not in df.columns:
+        df["variant"] = None
     df["probe"] = df.apply(method_label, axis=1)
     df["_order"] = df["k"].fillna(-1).astype(float)
-    df["_is_sae"] = df["method"] == "sae"
+    df["_is_sae"] = df["method"] == SAE_METHOD
+    df["_variant"] = df["variant"].fillna("").astype(str)
     table = df.pivot_table(
-        index=["setting", "_is_sae", "sae", "_order", "probe"],
+        index=["setting", "_is_sae", "sae", "_variant", "_order", "probe"],
         columns="layer",
         values="test_auc",
         aggfunc="mean",
         dropna=False,
     )
     table = table.dropna(how="all").reset_index()
-    table = table.drop(columns=["_is_sae", "sae", "_order"]).set_index(["setting", "probe"])
+    table = table.drop(columns=["_is_sae", "sae", "_variant", "_order"]).set_index(
+        ["setting", "probe"]
+    )
     table.columns = [f"layer {c}" for c in table.columns]
     counts = df.groupby(["setting", "probe"])["dataset"].nunique().rename("datasets")
     return table.join(counts)

@@ -8,7 +8,7 @@ from saelab.sae.base import (
     register_sae,
     sae_class,
 )
-from saelab.sae.encode import encode_rows
+from saelab.sae.encode import encode_rows, encode_rows_multi
 from saelab.sae.gated import GatedSAE
 from saelab.sae.jumprelu import JumpReLUSAE
 from saelab.sae.saelens_format import load_sae, read_sae_config, save_sae
@@ -26,6 +26,7 @@ __all__ = [
     "TopKTrainConfig",
     "build_sae",
     "encode_rows",
+    "encode_rows_multi",
     "geometric_median",
     "known_architectures",
     "load_sae",

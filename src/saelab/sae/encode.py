@@ -76,9 +76,57 @@ def encode_rows(
             f"code pooling {mode!r} needs token-level activations (acts.tokens and acts.offsets); "
             "extract them (keep_tokens) or use the code of the pooled activation"
         )
-    if mode == "max_codes":
-        return _encode_max_of_codes(sae, acts, device, max_batch_elems, progress)
-    return _encode_mean_of_codes(sae, acts, device, max_batch_elems, progress)
+    mean, maxed = _encode_token_poolings(
+        sae,
+        acts,
+        device,
+        max_batch_elems,
+        progress,
+        want_mean=mode == "pool_codes",
+        want_max=mode == "max_codes",
+    )
+    return mean if mode == "pool_codes" else maxed
+
+
+def encode_rows_multi(
+    sae: SAE,
+    acts: LayerActivations,
+    pooling: Pooling,
+    modes: list[str],
+    device: str | torch.device = "cpu",
+    max_batch_elems: int = 2**26,
+    progress: bool = False,
+) -> dict[str, sp.csr_matrix]:
+    """:func:`encode_rows` for several ``modes`` at once: ``{mode: CSR [N, d_sae]}``.
+
+    When both per-token poolings (``pool_codes`` and ``max_codes``) are asked for, every token is
+    encoded once and both poolings are taken from the same codes (the result equals two separate
+    :func:`encode_rows` calls); other modes are encoded on their own.
+    """
+    out: dict[str, sp.csr_matrix] = {}
+    shared = {"pool_codes", "max_codes"} <= set(modes) and pooling == "mean"
+    if shared:
+        if acts.tokens is None or acts.offsets is None:
+            raise ConfigError(
+                "code poolings 'pool_codes' and 'max_codes' need token-level activations"
+            )
+        device = torch.device(device)
+        if sae.device != device:
+            sae.to(device)
+        mean, maxed = _encode_token_poolings(sae, acts, device, max_batch_elems, progress)
+        out.update(pool_codes=mean, max_codes=maxed)
+    for mode in modes:
+        if mode not in out:
+            out[mode] = encode_rows(
+                sae,
+                acts,
+                pooling,
+                mode,
+                device,
+                max_batch_elems,
+                progress,  # type: ignore[arg-type]
+            )
+    return out
 
 
 def _rows_per_chunk(d_sae: int, max_batch_elems: int) -> int:
@@ -116,109 +164,100 @@ def _encode_pooled(
     return _to_csr(rows, cols, vals, (n, sae.d_sae))
 
 
-@torch.inference_mode()
-def _encode_max_of_codes(
-    sae: SAE, acts: LayerActivations, device: torch.device, max_batch_elems: int, progress: bool
-) -> sp.csr_matrix:
-    """CSR of the per-text max of per-token codes over non-special tokens (see ``encode_rows``).
-
-    Chunks hold whole texts (a text longer than a chunk is encoded alone), so each text's max is
-    taken inside one chunk.
-    """
-    assert acts.tokens is not None and acts.offsets is not None
-    offsets = acts.offsets.to(torch.long).cpu()
-    n = acts.n_rows
-    lengths = offsets[1:] - offsets[:-1]
-    if offsets.shape != (n + 1,) or int(offsets[-1]) != acts.tokens.shape[0]:
-        raise DatasetError(
-            f"activations: offsets must have shape [{n + 1}] and end at the token count "
-            f"{acts.tokens.shape[0]}"
-        )
-    if bool((lengths <= 0).any()):
-        raise DatasetError(
-            f"activations: text row {int((lengths <= 0).nonzero()[0])} has no tokens; "
-            "the max of its token codes is undefined"
-        )
+def _max_keep_mask(acts: LayerActivations, n: int, lengths: torch.Tensor) -> torch.Tensor:
+    """Tokens the max pooling reads: the non-special ones (all of a text's when every one is)."""
     keep = torch.ones(acts.tokens.shape[0], dtype=torch.bool)
     if acts.special is not None and acts.special.shape[0] == keep.shape[0]:
         keep = ~acts.special.cpu()
         token_row = torch.repeat_interleave(torch.arange(n), lengths)
         kept_per_row = torch.zeros(n, dtype=torch.long).index_add_(0, token_row, keep.long())
         keep |= (kept_per_row == 0)[token_row]  # a text of special tokens only keeps them all
-    step = _rows_per_chunk(sae.d_sae, max_batch_elems)
-    rows, cols, vals = [], [], []
+    return keep
+
+
+def _text_chunks(offsets: torch.Tensor, n: int, step: int) -> list[tuple[int, int]]:
+    """(first, last + 1) text rows of chunks of whole texts with at most ``step`` tokens each
+    (a longer text forms a chunk alone)."""
+    chunks = []
     r0 = 0
-    bar = tqdm(total=n, desc="encode", unit="text", disable=not progress)
     while r0 < n:
-        r1 = r0 + 1  # whole texts whose tokens fit in one chunk (at least one text)
+        r1 = r0 + 1
         while r1 < n and int(offsets[r1 + 1] - offsets[r0]) <= step:
             r1 += 1
-        t0, t1 = int(offsets[r0]), int(offsets[r1])
-        mask = keep[t0:t1]
-        tokens = acts.tokens[t0:t1][mask]
-        tr = torch.repeat_interleave(torch.arange(r0, r1), lengths[r0:r1])[mask] - r0
-        codes = sae.encode(tokens.to(device)).float()  # [t, d_sae]
-        block = torch.zeros(r1 - r0, sae.d_sae, dtype=torch.float32, device=codes.device)
-        idx = tr.to(codes.device).unsqueeze(1).expand_as(codes)
-        block.scatter_reduce_(0, idx, codes, reduce="amax", include_self=True)
-        del codes
-        r, c = block.nonzero(as_tuple=True)
-        vals.append(block[r, c].cpu().numpy())
-        rows.append((r + r0).cpu().numpy())
-        cols.append(c.cpu().numpy())
-        del block
-        bar.update(r1 - r0)
+        chunks.append((r0, r1))
         r0 = r1
-    bar.close()
-    return _to_csr(rows, cols, vals, (n, sae.d_sae))
+    return chunks
+
+
+def _block_to_coo(block: torch.Tensor, r0: int, parts: tuple[list, list, list]) -> None:
+    r, c = block.nonzero(as_tuple=True)
+    parts[2].append(block[r, c].cpu().numpy())
+    parts[0].append((r + r0).cpu().numpy())
+    parts[1].append(c.cpu().numpy())
 
 
 @torch.inference_mode()
-def _encode_mean_of_codes(
-    sae: SAE, acts: LayerActivations, device: torch.device, max_batch_elems: int, progress: bool
-) -> sp.csr_matrix:
-    """CSR of the per-text mean of per-token codes (segment mean over ``acts.offsets``).
+def _encode_token_poolings(
+    sae: SAE,
+    acts: LayerActivations,
+    device: torch.device,
+    max_batch_elems: int,
+    progress: bool,
+    want_mean: bool = True,
+    want_max: bool = True,
+) -> tuple[sp.csr_matrix | None, sp.csr_matrix | None]:
+    """(mean of all token codes, max of non-special token codes) per text; one encode per token.
 
-    Token chunks may split a text; each chunk adds ``(1/|T_i|) * sum`` of its part of text ``i``
-    and partial rows are summed when the CSR is assembled.
+    Chunks hold whole texts (a text longer than a chunk is encoded alone), so each text's mean and
+    max are taken inside one chunk. The max skips special tokens (the paper drops BOS before
+    pooling: BOS / CLS positions are attention sinks whose large codes would dominate the max);
+    a text of special tokens only keeps them all. The max starts from 0 (codes of ReLU, TopK,
+    JumpReLU and gated SAEs are non-negative).
     """
     assert acts.tokens is not None and acts.offsets is not None
     offsets = acts.offsets.to(torch.long).cpu()
     n = acts.n_rows
-    if offsets.shape != (n + 1,) or int(offsets[0]) != 0:
-        raise DatasetError(
-            f"activations: offsets must have shape [{n + 1}] and start at 0, got "
-            f"{list(offsets.shape)} starting at {int(offsets[0]) if len(offsets) else None}"
-        )
     lengths = offsets[1:] - offsets[:-1]
-    if int(offsets[-1]) != acts.tokens.shape[0] or bool((lengths < 0).any()):
+    if (
+        offsets.shape != (n + 1,)
+        or int(offsets[0]) != 0
+        or int(offsets[-1]) != acts.tokens.shape[0]
+    ):
         raise DatasetError(
-            f"activations: offsets must be non-decreasing and end at the token count "
-            f"{acts.tokens.shape[0]}, got last offset {int(offsets[-1])}"
+            f"activations: offsets must have shape [{n + 1}], start at 0 and end at the token "
+            f"count {acts.tokens.shape[0]}"
         )
-    empty = (lengths == 0).nonzero().flatten()
-    if len(empty):
+    if bool((lengths <= 0).any()):
         raise DatasetError(
-            f"activations: text row {int(empty[0])} has no tokens ({len(empty)} such rows); "
-            "the mean of its token codes is undefined"
+            f"activations: text row {int((lengths <= 0).nonzero()[0])} has no tokens; "
+            "the mean and max of its token codes are undefined"
         )
-    n_tokens = int(offsets[-1])
-    token_row = torch.repeat_interleave(torch.arange(n), lengths)  # [T]
-    inv_len = (1.0 / lengths.to(torch.float64)).to(torch.float32)  # [N]
+    keep = _max_keep_mask(acts, n, lengths)
+    inv_len = (1.0 / lengths.to(torch.float64)).to(torch.float32)
     step = _rows_per_chunk(sae.d_sae, max_batch_elems)
-    rows, cols, vals = [], [], []
-    for start in tqdm(range(0, n_tokens, step), desc="encode", unit="chunk", disable=not progress):
-        stop = min(start + step, n_tokens)
-        codes = sae.encode(acts.tokens[start:stop].to(device)).float()  # [t, d_sae]
-        tr = token_row[start:stop]
-        r0, r1 = int(tr[0]), int(tr[-1]) + 1
+    mean_parts: tuple[list, list, list] = ([], [], [])
+    max_parts: tuple[list, list, list] = ([], [], [])
+    bar = tqdm(total=n, desc="encode", unit="text", disable=not progress)
+    for r0, r1 in _text_chunks(offsets, n, step):
+        t0, t1 = int(offsets[r0]), int(offsets[r1])
+        tr = (torch.repeat_interleave(torch.arange(r0, r1), lengths[r0:r1]) - r0).to(device)
+        codes = sae.encode(acts.tokens[t0:t1].to(device)).float()  # [t, d_sae]
         block = torch.zeros(r1 - r0, sae.d_sae, dtype=torch.float32, device=codes.device)
-        block.index_add_(0, (tr - r0).to(codes.device), codes)
-        del codes
-        block *= inv_len[r0:r1].to(block.device).unsqueeze(1)
-        r, c = block.nonzero(as_tuple=True)
-        vals.append(block[r, c].cpu().numpy())
-        rows.append((r + r0).cpu().numpy())
-        cols.append(c.cpu().numpy())
-        del block
-    return _to_csr(rows, cols, vals, (n, sae.d_sae))
+        if want_mean:
+            block.index_add_(0, tr, codes)
+            block *= inv_len[r0:r1].to(block.device).unsqueeze(1)
+            _block_to_coo(block, r0, mean_parts)
+        if want_max:
+            mask = keep[t0:t1].to(device)
+            block.zero_()
+            idx = tr[mask].unsqueeze(1).expand(-1, codes.shape[1])
+            block.scatter_reduce_(0, idx, codes[mask], reduce="amax", include_self=True)
+            _block_to_coo(block, r0, max_parts)
+        del codes, block
+        bar.update(r1 - r0)
+    bar.close()
+    shape = (n, sae.d_sae)
+    return (
+        _to_csr(*mean_parts, shape) if want_mean else None,
+        _to_csr(*max_parts, shape) if want_max else None,
+    )

@@ -1,0 +1,217 @@
+"""SAEs of a run: loaded from files or trained on the training texts' tokens (cached), and encoded.
+
+Trained SAEs are keyed by everything that decides them (trainer config, layer, activations,
+training texts) and stored in SAELens format under ``<cache>/saes/<key>``; a rerun loads them.
+Loaded SAEs are read once and encode every dataset of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from saelab.activations.cache import touch
+from saelab.config import RunConfig, SAEConfig
+from saelab.errors import ConfigError
+from saelab.io import hash_file, stable_hash, write_json_atomic
+from saelab.pipeline.logs import StageTimer
+from saelab.pipeline.plan import split_hash
+from saelab.pipeline.regimes import DatasetPlan
+
+log = logging.getLogger(__name__)
+
+SAE_CACHE_VERSION = 1
+
+
+def sae_layer(sc: SAEConfig, sae: Any) -> int | None:
+    """The layer a loaded SAE reads: from the config, else from its hook name."""
+    if sc.layer is not None:
+        return sc.layer
+    hook = (getattr(sae.cfg, "metadata", {}) or {}).get("hook_name")
+    if hook:
+        from saelab.activations import parse_hook_name
+
+        try:
+            return parse_hook_name(hook)
+        except Exception:
+            return None
+    return None
+
+
+CODE_POOLING_MODES = {"pooled": "code_pooled", "mean": "pool_codes", "max": "max_codes"}
+"""A variant's ``code_pooling`` -> the mode of ``saelab.sae.encode_rows``."""
+
+
+def encode(sae: Any, la: Any, pooling: str, code_poolings: list[str]) -> dict[str, Any]:
+    """Sparse codes [rows, d_sae] of one layer's activations for each code pooling (the per-token
+    poolings share one encoding of every token)."""
+    from saelab.sae import encode_rows_multi
+
+    modes = [CODE_POOLING_MODES[c] for c in code_poolings]
+    sae_device = next(sae.parameters()).device
+    codes = encode_rows_multi(sae, la, pooling=pooling, modes=modes, device=sae_device)
+    return {c: codes[CODE_POOLING_MODES[c]] for c in code_poolings}
+
+
+def load_saes(cfg: RunConfig, handle: Any, saes: dict, sae_keys: dict, timer: StageTimer) -> None:
+    """Load every SAE of the config given by ``path`` into ``saes`` / ``sae_keys`` (by id, layer)."""
+    from saelab.sae import load_sae
+
+    for sc in cfg.saes:
+        if sc.path is None:
+            continue
+        with timer("saes"):
+            sae = load_sae(sc.path, device=str(handle.device))
+        layer = sae_layer(sc, sae)
+        if layer is None:
+            raise ConfigError(
+                f"key 'saes.{sc.id}.layer': the SAE at {sc.path} names no hook; set the layer it reads"
+            )
+        if layer not in cfg.layers:
+            raise ConfigError(
+                f"key 'saes.{sc.id}.layer': layer {layer} is not in 'layers' {cfg.layers}"
+            )
+        if sae.d_in != handle.d_model:
+            raise ConfigError(
+                f"SAE {sc.id} at {sc.path} has d_in {sae.d_in} but {cfg.model.name} has d_model {handle.d_model}"
+            )
+        weights = Path(sc.path)
+        weights = weights / "sae_weights.safetensors" if weights.is_dir() else weights
+        saes[(sc.id, layer)] = sae.eval()
+        sae_keys[(sc.id, layer)] = stable_hash({"weights": hash_file(weights)})
+        log.info("loaded SAE %s for layer %d (d_sae %d) from %s", sc.id, layer, sae.d_sae, sc.path)
+
+
+def train_key(
+    cfg: RunConfig,
+    sc: SAEConfig,
+    handle: Any,
+    layer: int,
+    pooling: str,
+    prepared: list[DatasetPlan],
+    act_key: dict,
+) -> str:
+    """Hash of everything that decides a trained SAE: training data, activations, trainer config."""
+    return stable_hash(
+        {
+            "version": SAE_CACHE_VERSION,
+            "train": sc.train.model_dump(mode="json") if sc.train else None,
+            "layer": layer,
+            "activations": act_key,
+            "data": [(p.dataset.content_hash, split_hash(p.normal)) for p in prepared],
+            "torch": torch.__version__,  # training numbers can change with it
+        },
+        length=24,
+    )
+
+
+def train_saes(
+    cfg: RunConfig,
+    missing: list[tuple[SAEConfig, int]],
+    train_keys: dict,
+    prepared: list[DatasetPlan],
+    train_rows: Any,
+    cache_root: Path,
+    saes: dict,
+    sae_stats: dict,
+    handle: Any,
+    timer: StageTimer,
+    progress: bool,
+) -> None:
+    """Train (or load from the SAE cache) every trained SAE, on training-split tokens only."""
+    from saelab.activations import hook_name
+    from saelab.sae import TopKTrainConfig, load_sae, save_sae, train_topk_sae
+
+    todo = []
+    for sc, layer in missing:
+        folder = cache_root / "saes" / train_keys[(sc.id, layer)]
+        if (folder / "cfg.json").is_file():
+            try:
+                saes[(sc.id, layer)] = load_sae(folder, device=str(handle.device)).eval()
+                touch(folder / "cfg.json")
+                stats_file = folder / "training.json"
+                if stats_file.is_file():
+                    sae_stats[f"{sc.id}@L{layer}"] = json.loads(stats_file.read_text("utf-8"))
+                log.info("SAE %s layer %d: cached at %s", sc.id, layer, folder)
+                continue
+            except Exception as exc:
+                log.warning("cached SAE %s is unreadable (%s); retraining", folder, exc)
+        todo.append((sc, layer, folder))
+    if not todo:
+        return
+
+    # Training tokens: non-special tokens of the training texts only, a seeded sample per dataset.
+    layers = sorted({layer for _, layer, _ in todo})
+    quota = {sc.id: math.ceil(sc.train.max_tokens / len(prepared)) for sc, _, _ in todo}
+    per_layer: dict[tuple[str, int], list[torch.Tensor]] = {
+        (sc.id, layer): [] for sc, layer, _ in todo
+    }
+    for i, p in enumerate(
+        tqdm(prepared, desc="training tokens", unit="dataset", disable=not progress)
+    ):
+        acts = train_rows(p)
+        for layer in layers:
+            la = acts[layer]
+            keep = (
+                ~la.special
+                if la.special is not None
+                else torch.ones(la.tokens.shape[0], dtype=torch.bool)
+            )
+            tokens = la.tokens[keep]
+            for sc, lyr, _ in todo:
+                if lyr != layer:
+                    continue
+                rng = np.random.default_rng([sc.train.seed, i])
+                n = min(quota[sc.id], tokens.shape[0])
+                pick = np.sort(rng.choice(tokens.shape[0], size=n, replace=False))
+                per_layer[(sc.id, layer)].append(tokens[torch.as_tensor(pick)])
+        del acts
+    for sc, layer, folder in todo:
+        data = torch.cat(per_layer.pop((sc.id, layer)))
+        tc = sc.train
+        d_sae = tc.expansion_factor * handle.d_model
+        train_cfg = TopKTrainConfig(
+            d_sae=d_sae, k=tc.k, lr=tc.lr, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed
+        )
+        log.info(
+            "training SAE %s for layer %d: %d tokens, d_sae %d, k %d",
+            sc.id,
+            layer,
+            data.shape[0],
+            d_sae,
+            tc.k,
+        )
+        with timer("saes"):
+            sae, stats = train_topk_sae(
+                data,
+                train_cfg,
+                device=str(handle.device),
+                progress=progress,
+                metadata={
+                    "hook_name": hook_name(layer),
+                    "model_name": cfg.model.name,
+                    "saelab_sae_id": sc.id,
+                },
+            )
+            save_sae(sae, folder)
+        write_json_atomic(folder / "training.json", stats)
+        sae_stats[f"{sc.id}@L{layer}"] = stats
+        log.info(
+            "SAE %s layer %d: fvu %.4f, l0 %.1f, dead %.1f%% in %.1fs",
+            sc.id,
+            layer,
+            stats.get("fvu", float("nan")),
+            stats.get("l0", float("nan")),
+            100 * stats.get("dead_fraction", float("nan")),
+            stats.get("seconds", float("nan")),
+        )
+        # Probe with the SAE as stored, so a later run that loads it from the cache computes
+        # bit-identical codes (the in-memory copy can differ in the last float bits).
+        saes[(sc.id, layer)] = load_sae(folder, device=str(handle.device)).eval()
