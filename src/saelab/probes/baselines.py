@@ -301,7 +301,9 @@ def knn_vote_shares(
     ks_np = np.asarray(ks, dtype=np.int64)
     n = Z_fit.shape[0]
     if ks_np.size == 0 or ks_np.min() < 1 or ks_np.max() > n:
-        raise ConfigError(f"ks: expected values in [1, {n}] (the fitted rows), got {ks_np.tolist()}")
+        raise ConfigError(
+            f"ks: expected values in [1, {n}] (the fitted rows), got {ks_np.tolist()}"
+        )
     k_max = int(ks_np.max())
     dist = torch.cdist(
         torch.from_numpy(np.ascontiguousarray(Z_eval, dtype=np.float64)),
