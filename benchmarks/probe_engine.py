@@ -79,7 +79,7 @@ def feature(name):
         )
     return arrays[name]
 
-out, seconds = [], 0.0
+out, seconds, by_method = [], 0.0, {}
 for unit in manifest:
     x = feature(unit["x"])
     for split in unit["splits"]:
@@ -95,11 +95,15 @@ for unit in manifest:
                 *args, ks=unit["ks"], seed=unit["seed"], normalization=o["latent_ranking"],
                 binarize=o["binarize"], penalty=o["penalty"], variant=o["variant"],
             )
-        seconds += time.perf_counter() - start
+        spent = time.perf_counter() - start
+        seconds += spent
+        method = unit["method"] if unit["kind"] == "baseline" else "sae"
+        by_method[method] = by_method.get(method, 0.0) + spent
         for r in results:
             out.append({"key": [unit["dataset"], unit["setting"], split["value"], unit["layer"],
                                 unit["probe"], r.k], "test_auc": r.test_auc})
-json.dump({"seconds": seconds, "results": out}, open(f"{folder}/old_results.json", "w"))
+json.dump({"seconds": seconds, "by_method": by_method, "results": out},
+          open(f"{folder}/old_results.json", "w"))
 """
 
 
@@ -132,22 +136,23 @@ def export(jobs: list, folder: Path) -> None:
     names: dict[int, str] = {}
 
     def name_of(x: Any) -> str:
-        if id(x) not in names:
+        key = id(x)
+        if key not in names:
             name = f"x{len(names)}"
-            names[id(x)] = name
+            names[key] = name
             if sp.issparse(x):
-                x = sp.csr_matrix(x)
+                csr = sp.csr_matrix(x)
                 arrays.update(
                     {
-                        f"{name}/data": x.data,
-                        f"{name}/indices": x.indices,
-                        f"{name}/indptr": x.indptr,
-                        f"{name}/shape": np.array(x.shape, dtype=np.int64),
+                        f"{name}/data": csr.data,
+                        f"{name}/indices": csr.indices,
+                        f"{name}/indptr": csr.indptr,
+                        f"{name}/shape": np.array(csr.shape, dtype=np.int64),
                     }
                 )
             else:
                 arrays[name] = np.ascontiguousarray(x)
-        return names[id(x)]
+        return names[key]
 
     manifest = []
     for spec, inputs in jobs:
@@ -189,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--commit", default="8a7840a")
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--limit", type=int, default=None, help="first N units only (a smoke test)")
     args = parser.parse_args(argv)
 
     cfg = validate_config(old_config(args.commit), f"quickstart at {args.commit}")
     load_before = os.getloadavg()[0]
     timer = StageTimer()
     run = prepare_run(cfg, timer, progress=False)
-    units = plan_run(run)
+    units = plan_run(run)[: args.limit]
     extract_activations(run, units)
     train_run_saes(run)
     started = time.perf_counter()
@@ -208,7 +214,10 @@ def main(argv: list[str] | None = None) -> int:
     list(executor.map(jobs[:1]))  # start and warm the pool (not timed)
     started = time.perf_counter()
     new_rows = {}
+    new_cpu: dict[str, float] = {}
     for spec, outcome in executor.map(jobs):
+        if outcome.rows:
+            new_cpu[spec.method] = new_cpu.get(spec.method, 0.0) + outcome.rows[0]["unit_seconds"]
         for r in outcome.rows:
             probe = r["method"] if spec.kind == "baseline" else f"sae:{spec.sae}:{r['variant']}"
             key = (r["dataset"], r["setting"], r["setting_value"], r["layer"], probe, r["k"])
@@ -257,6 +266,18 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---:|---:|",
         f"| {args.commit} | {old_seconds:.1f} | 1.0x |",
         f"| today | {new_seconds:.1f} | **{old_seconds / new_seconds:.1f}x** |",
+        "",
+        f"Per method ({args.commit}: seconds in its calls, one process; today: CPU seconds of the "
+        f"units, spread over {executor.workers} workers, so wall time is about their sum / "
+        f"{executor.workers}):",
+        "",
+        f"| method | {args.commit} s | today, unit CPU s | ratio (per CPU second) |",
+        "|---|---:|---:|---:|",
+        *[
+            f"| {m} | {old['by_method'].get(m, 0.0):.1f} | {new_cpu.get(m, 0.0):.1f} | "
+            f"{old['by_method'].get(m, 0.0) / max(new_cpu.get(m, 0.0), 1e-9):.1f}x |"
+            for m in sorted(set(old["by_method"]) | set(new_cpu))
+        ],
         "",
         f"Agreement over {len(common)} results (test AUC, |today - {args.commit}|): mean "
         f"{diff.mean():.4f}, median {np.median(diff):.4f}, max {diff.max():.4f}; within 0.01 "

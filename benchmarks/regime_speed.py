@@ -14,7 +14,7 @@ rows. Both sides produce one test AUC per (dataset, setting value, k).
   folder, the same activations file read once per dataset, the SAE encoded once per dataset
   (``encode_rows(..., mode="code_pooled")``: the code of the pooled activation, as the peer does),
   splits from ``scarcity_splits`` / ``imbalance_splits`` and ``fit_sae_probes(...,
-  penalty="l1")`` (LIBLINEAR) per split.
+  penalty="l1")`` (saelab's orthant-wise Newton L1 solver) per split.
 
 Why it is fair. Both read the same inputs: pooled activations of the real all-MiniLM-L6-v2 (one
 layer, mean pooling) extracted once with saelab and saved where and how the peer reads them
@@ -25,7 +25,7 @@ one after the other, under the same torch / BLAS / OpenMP thread limits, and eac
 from the files on disk to the test AUCs (SAE load included; saelab's timing also includes reading
 the labels, which the peer reads at import). Neither is timed on activation extraction or SAE
 training. The AUCs are close but not identical: saga stops at its iteration cap far from the
-optimum at large C, LIBLINEAR solves to tolerance (``saelab/probes/l1.py``).
+optimum at large C, saelab solves to the optimum (``saelab/probes/solvers.py``).
 
 Usage: ``python benchmarks/regime_speed.py [--datasets A B] [--settings scarcity imbalance]
 [--sizes 2 3 ...] [--layer L] [--ks 16 128] [--repeats R] [--no-write]``.
@@ -404,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     for s in args.settings:
         units = len({k[:3] for k in peer_res if k[1] == s})
         rows.append(
-            f"| {s} (peer: reload + re-encode + saga per unit; saelab: split + LIBLINEAR) | "
+            f"| {s} (peer: reload + re-encode + saga per unit; saelab: split + Newton L1) | "
             f"{units} (dataset, value) x {len(args.ks)} ks | {peer_secs[s]:.1f} | "
             f"{our_secs[s]:.1f} | {peer_secs[s] / our_secs[s]:.1f}x |"
         )
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
             f"`saelab.sae.load_sae` (saelab)",
             f"- Workload: settings {', '.join(args.settings)} (scarcity: {sizes_note}), "
             f"ks {list(args.ks)}, L1 probes (peer: `run_sae_evals(..., reg_type='l1', "
-            f"device='cpu')`, saga; saelab: `fit_sae_probes(..., penalty='l1')`, LIBLINEAR)",
+            f"device='cpu')`, saga; saelab: `fit_sae_probes(..., penalty='l1')`, orthant-wise Newton)",
             f"- Same inputs checked: splits identical to the peer's `get_train_test_indices` "
             f"for all {same['n_splits']} splits: {same['splits_same']}; SAE codes (SAELens vs "
             f"saelab encode) max abs diff {same['code_diff']:.1e}",

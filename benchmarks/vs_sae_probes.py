@@ -328,8 +328,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"inputs ready in {inp['extract_seconds']:.0f} s; {same}", flush=True)
         executor = ProcessExecutor(args.workers)
         started = time.perf_counter()
-        warm = _spec(inp, args.datasets[0], "baseline", "logreg", {})
-        list(executor.map([(warm, _inputs(inp, args.datasets[0], np.zeros((1, 1))))]))
+        first = args.datasets[0]
+        pooled = torch.load(inp["act_dir"] / f"{first}_{inp['hook']}.pt", weights_only=True)
+        warm = _spec(inp, first, "baseline", "logreg", {})
+        list(executor.map([(warm, _inputs(inp, first, pooled.numpy()))] * executor.workers))
         pool_start = time.perf_counter() - started
         table = []
         try:

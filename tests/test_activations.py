@@ -372,6 +372,21 @@ def test_cache_hit_and_partial_miss(tmp_path, handles, spy_extract):
     torch.testing.assert_close(third[2].pooled, direct)
 
 
+def test_cache_has_checks_every_layer_without_reading_tensors(tmp_path, handles, spy_extract):
+    handle = handles["llama"]
+    cache = ActivationCache(tmp_path)
+    assert not cache.has(handle, TEXTS, [0, 1], "last")
+    cache.get_or_extract(handle, TEXTS, [0], "last", progress=False)
+    assert cache.has(handle, TEXTS, [0], "last")
+    assert not cache.has(handle, TEXTS, [0, 1], "last")  # layer 1 missing
+    assert not cache.has(handle, TEXTS[:-1], [0], "last")  # other texts
+    assert not cache.has(handle, TEXTS, [0], "last", keep_tokens=True)
+    for path in (tmp_path / "activations").rglob("*.safetensors"):
+        path.write_bytes(b"not safetensors")
+    assert not cache.has(handle, TEXTS, [0], "last")
+    assert spy_extract == [[0]]  # has() never extracts
+
+
 def test_cache_invalidation(tmp_path, handles, spy_extract):
     handle = handles["bert"]
     cache = ActivationCache(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -211,3 +212,25 @@ def test_five_regimes_encode_once_and_skip_what_cannot_be_done(setup, monkeypatc
     again = run_pipeline(cfg, tmp_path / "run", progress=False)
     assert again.n_units_done_before == again.n_units == out.n_units
     pd.testing.assert_frame_equal(again.results, res)
+
+
+def test_unit_keys_cover_the_engine_constants(setup, monkeypatch, tmp_path):
+    import saelab.probes.protocol as protocol
+    import saelab.probes.solvers as solvers
+
+    root, model = setup
+    cfg = _config(root, model)
+    first = run_pipeline(cfg, tmp_path / "run", progress=False)
+    assert run_pipeline(cfg, tmp_path / "run", progress=False).n_units_done_before == first.n_units
+    # another C grid: every logistic unit (the logreg baseline, the SAE probes) is recomputed
+    monkeypatch.setattr(protocol, "C_GRID", np.logspace(3, -3, 5))
+    grid = run_pipeline(cfg, tmp_path / "run", progress=False)
+    assert grid.n_units_done_before == 0
+    assert set(grid.results.C.dropna()) <= set(np.logspace(3, -3, 5).tolist())
+    assert len(grid.results) == len(first.results)  # no rows of the old units mixed in
+    # another solver tolerance: recomputed again
+    monkeypatch.setattr(solvers, "DEFAULT_TOL", 1e-5)
+    assert run_pipeline(cfg, tmp_path / "run", progress=False).n_units_done_before == 0
+    # a library version is part of every unit key too
+    spec = json.loads(first.results.unit_config.iloc[0])
+    assert "torch" in json.dumps(spec["engine"])

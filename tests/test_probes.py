@@ -131,13 +131,13 @@ def test_bad_inputs_raise_saelab_errors():
 
 
 def test_hessian_factorisations_agree_and_survive_singular_hessians():
-    from saelab.probes.logistic import _Problem
+    from saelab.probes.solvers import _LogisticBatch
 
     rng = np.random.default_rng(17)
     Z = torch.from_numpy(rng.normal(size=(300, 20)))
     y = torch.from_numpy(np.where(rng.random(300) < 0.5, 1.0, -1.0))
     weights = torch.from_numpy(rng.random((2, 300)))
-    prob = _Problem(Z, y, fit_intercept=True)
+    prob = _LogisticBatch(Z[None], y[None], None, True)  # one problem, B = 1
     L_torch = prob.hessian_factors(weights)
     prob.use_syrk = True  # BLAS dsyrk + LAPACK dpotrf path
     L_blas = prob.hessian_factors(weights)
@@ -162,17 +162,15 @@ def test_warm_start_reaches_the_same_optimum_in_fewer_steps(n, d):
         LogisticProbe().fit(X, y, np.zeros(d + 1))
 
 
-def test_l1_path_is_seeded_and_reaches_the_l1_optimum():
-    from saelab.probes.l1 import fit_l1_path
-
+def test_l1_path_is_deterministic_and_reaches_the_l1_optimum():
     rng = np.random.default_rng(3)
     X = np.maximum(rng.normal(size=(200, 12)) * 2 - 1, 0)
     y = (X[:, 0] - X[:, 1] + 0.5 * rng.normal(size=200) > 0).astype(np.int64)
-    a = fit_l1_path(X, y, [0.05, 1.0], seed=7)
-    b = fit_l1_path(X, y, [0.05, 1.0], seed=7)
+    a = fit_logistic_path(X, y, [0.05, 1.0], penalty="l1")
+    b = fit_logistic_path(X, y, [0.05, 1.0], penalty="l1")
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    coef, intercept = a
+    coef, intercept, _ = a
     assert (coef[0] == 0).sum() > (coef[1] == 0).sum()  # stronger penalty, sparser
     # optimality: subgradient condition of ||w||_1 + C sum log(1 + exp(-s z)) at C = 1
     s = 2 * y - 1

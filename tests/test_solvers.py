@@ -14,7 +14,6 @@ from sklearn.linear_model import LogisticRegression
 
 from saelab.errors import ProbeDataError
 from saelab.probes import solvers
-from saelab.probes.l1 import fit_l1_path
 from saelab.probes.logistic import fit_logistic_path
 from saelab.probes.solvers import fit_logistic_batch
 
@@ -260,16 +259,16 @@ def test_l1_is_a_continuous_function_of_the_data():
     # last-bit changes in X must not move the solution beyond rounding (tight convergence)
     X, y = sae_codes(40, 16, seed=5)
     X2 = X * (1 + 1e-15 * np.random.default_rng(0).standard_normal(X.shape))
-    a = fit_l1_path(X, y, CS)
-    b = fit_l1_path(X2, y, CS)
+    a = fit_logistic_path(X, y, CS, penalty="l1")
+    b = fit_logistic_path(X2, y, CS, penalty="l1")
     np.testing.assert_allclose(a[0], b[0], rtol=1e-9, atol=1e-10)
 
 
-def test_fit_l1_path_wrapper_shapes_and_unpenalised_intercept():
+def test_l1_path_shapes_and_unpenalised_intercept():
     X, y = sae_codes(50, 10, seed=6)
-    coef, intercept = fit_l1_path(X, y, [10.0, 0.01], seed=123)
+    coef, intercept, _ = fit_logistic_path(X, y, [10.0, 0.01], penalty="l1")
     assert coef.shape == (2, 10) and intercept.shape == (2,)
-    again = fit_l1_path(X, y, [10.0, 0.01], seed=7)  # the seed is unused
+    again = fit_logistic_path(X, y, [10.0, 0.01], penalty="l1")  # deterministic
     np.testing.assert_array_equal(coef, again[0])
     # the intercept is free: at C = 0.01 all weights are 0 and b is log(n_pos / n_neg)
     assert np.all(coef[1] == 0)

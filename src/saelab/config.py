@@ -92,7 +92,7 @@ class SAEVariant(_Section):
     """How an SAE probe is fitted: penalty, binarized codes, and how per-token codes are pooled."""
 
     penalty: Literal["l1", "l2"] = Field(
-        "l1", description="logistic-regression penalty (paper: l1 with saga; saelab: liblinear)"
+        "l1", description="logistic-regression penalty (paper: l1, solved by saga there)"
     )
     binarize: bool = Field(False, description="use the indicator code != 0 instead of the code")
     code_pooling: Literal["auto", "pooled", "mean", "max"] = Field(

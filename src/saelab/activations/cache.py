@@ -119,6 +119,35 @@ class ActivationCache:
         folder = self.root / "activations" / model_slug(handle.model_id)
         return folder / f"{stable_hash(parts, length=24)}.safetensors"
 
+    def has(
+        self,
+        handle: ModelHandle,
+        texts: Sequence[str],
+        layers: Sequence[int],
+        pooling: Pooling,
+        max_length: int | None = None,
+        keep_tokens: bool = False,
+        truncation_side: TruncationSide = "left",
+    ) -> bool:
+        """True when every layer's file is stored with matching key parts (the header only is
+        read; the tensors and their digest are checked when :meth:`get_or_extract` reads them)."""
+        texts = list(texts)
+        limit = resolve_max_length(handle, max_length)
+        texts_hash = hash_texts(texts)
+        for layer in sorted({handle.check_layer(layer) for layer in layers}):
+            parts = self.key_parts(
+                handle, texts_hash, len(texts), layer, pooling, limit, truncation_side, keep_tokens
+            )
+            path = self.path_for(handle, parts)
+            try:
+                with safe_open(str(path), framework="pt", device="cpu") as fh:
+                    stored = json.loads((fh.metadata() or {}).get(_META_KEY, "null"))
+            except Exception:
+                return False
+            if stored != json.loads(json.dumps(parts)):
+                return False
+        return True
+
     def get_or_extract(
         self,
         handle: ModelHandle,

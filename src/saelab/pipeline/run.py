@@ -240,6 +240,18 @@ class PreparedRun:
     timer: StageTimer = field(default_factory=StageTimer)
     progress: bool = True
 
+    def cached(self, texts: list[str]) -> bool:
+        """True when the activations of ``texts`` are in the cache (header check only)."""
+        cfg = self.cfg
+        return self.cache.has(
+            self.handle,
+            texts,
+            cfg.layers,
+            self.pooling,
+            max_length=cfg.model.max_length,
+            keep_tokens=self.keep_tokens,
+        )
+
     def read_activations(self, texts: list[str], with_tokens: bool | None = None) -> dict[int, Any]:
         """Activations of ``texts`` at every layer of the run (disk cache, else one forward pass)."""
         cfg = self.cfg
@@ -354,9 +366,12 @@ def train_run_saes(run: PreparedRun) -> None:
     """Train (or load from the SAE cache) every SAE of the config that is trained here, on
     token-level activations of the normal split's training texts only."""
     missing = [
-        (sc, layer) for (sid, layer) in run.train_keys for sc in run.cfg.saes if sc.id == sid
+        (sc, layer)
+        for sc in run.cfg.saes
+        if sc.train is not None
+        for layer in run.cfg.layers
+        if (sc.id, layer) not in run.saes
     ]
-    missing = [(sc, layer) for sc, layer in missing if (sc.id, layer) not in run.saes]
     if not missing:
         return
 
@@ -393,11 +408,14 @@ def extract_activations(run: PreparedRun, units: list[PlannedUnit]) -> None:
     for p in run.plans:
         if p.dataset.name not in names:
             continue
-        run.read_activations([p.dataset.prompts[i] for i in p.rows])
+        texts = [p.dataset.prompts[i] for i in p.rows]
+        if not run.cached(texts):
+            run.read_activations(texts)
         for t in p.ood:
             # a failure is reported by the probe stage, which skips the split with the reason
-            with contextlib.suppress(SaelabError):
-                run.read_activations(list(t.dataset.prompts))
+            if not run.cached(list(t.dataset.prompts)):
+                with contextlib.suppress(SaelabError):
+                    run.read_activations(list(t.dataset.prompts))
 
 
 def unit_jobs(run: PreparedRun, units: list[PlannedUnit]) -> Iterator[Job]:

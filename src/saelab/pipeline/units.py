@@ -48,8 +48,10 @@ class UnitInputs:
     splits: list[SplitInputs]
     x_test: dict[str, Any] = field(default_factory=dict)
 
-    def test_features(self, split: SplitInputs) -> Any:
-        return self.x if split.test_source is None else self.x_test[split.test_source]
+    def arrays(self, split: SplitInputs) -> tuple[Any, np.ndarray, Any, np.ndarray]:
+        """(X_train, y_train, X_test, y_test) of one split."""
+        test = self.x if split.test_source is None else self.x_test[split.test_source]
+        return self.x[split.train], split.y_train, test[split.test], split.y_test
 
 
 @contextlib.contextmanager
@@ -119,28 +121,12 @@ def run_unit(spec: UnitSpec, inputs: UnitInputs) -> UnitOutcome:
     with single_threaded():
         if spec.kind == "baseline":
             method = baseline_method(spec.method, seed=spec.seed, device=device)
-            problems = [
-                Problem(
-                    inputs.x[s.train],
-                    s.y_train,
-                    inputs.test_features(s)[s.test],
-                    s.y_test,
-                )
-                for s in splits
-            ]
+            problems = [Problem(*inputs.arrays(s)) for s in splits]
             per_split = [[r] for r in run_protocol(method, problems, spec.seed)]
         else:
             opts = spec.options
             per_split = fit_sae_probes_many(
-                [
-                    CodeSplit(
-                        inputs.x[s.train],
-                        s.y_train,
-                        inputs.test_features(s)[s.test],
-                        s.y_test,
-                    )
-                    for s in splits
-                ],
+                [CodeSplit(*inputs.arrays(s)) for s in splits],
                 ks=list(spec.ks),
                 seed=spec.seed,
                 normalization=opts.get("latent_ranking", "mean"),

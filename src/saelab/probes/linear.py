@@ -21,9 +21,9 @@ import numpy as np
 import torch
 
 from saelab.errors import ConfigError
-from saelab.probes import solvers
+from saelab.probes import protocol, solvers
 from saelab.probes.logistic import LogisticProbe
-from saelab.probes.protocol import C_GRID, Decisions, FitTask, Split
+from saelab.probes.protocol import Decisions, FitTask, Split
 
 Penalty = Literal["l1", "l2"]
 
@@ -70,30 +70,27 @@ def _row_bucket(n: int) -> int:
 
 
 def _groups(tasks: Sequence[LogisticTask]) -> list[list[int]]:
-    """Indices of tasks solved together: same row bucket and path length, similar widths."""
-    by_rows: dict[tuple[int, int, bool], list[int]] = {}
+    """Indices of tasks solved together: the same row bucket, path length and warm-start kind;
+    different widths only while the padded problem stays small; at most ``_MAX_BATCH_ELEMENTS``
+    padded entries per group."""
+    keyed: dict[tuple[int, int, bool], list[int]] = {}
     for i, t in enumerate(tasks):
         key = (_row_bucket(t.X.shape[0]), len(t.Cs), t.init is not None)
-        by_rows.setdefault(key, []).append(i)
+        keyed.setdefault(key, []).append(i)
     out = []
-    for (rows, _, _), idx in by_rows.items():
+    for (rows, _, _), idx in keyed.items():
         idx.sort(key=lambda i: tasks[i].X.shape[1])
         group: list[int] = []
         for i in idx:
-            p = tasks[i].X.shape[1]
-            if group:
-                widest = max(p, tasks[group[-1]].X.shape[1])
-                same = p == tasks[group[0]].X.shape[1]
-                if not same and rows * widest * widest > _MERGE_COLUMNS_BELOW:
-                    out.append(group)
-                    group = []
-            group.append(i)
-            width = tasks[group[-1]].X.shape[1]
-            if len(group) * rows * width >= _MAX_BATCH_ELEMENTS:
+            p = tasks[i].X.shape[1]  # the widest so far (sorted by width)
+            mixed = bool(group) and p != tasks[group[0]].X.shape[1]
+            if (mixed and rows * p * p > _MERGE_COLUMNS_BELOW) or (
+                group and (len(group) + 1) * rows * p > _MAX_BATCH_ELEMENTS
+            ):
                 out.append(group)
                 group = []
-        if group:
-            out.append(group)
+            group.append(i)
+        out.append(group)
     return out
 
 
@@ -169,14 +166,15 @@ class LogisticMethod:
     def __init__(
         self,
         penalty: Penalty = "l2",
-        Cs: Sequence[float] | np.ndarray = C_GRID,
+        Cs: Sequence[float] | np.ndarray | None = None,
         name: str = "logreg",
         device: str | torch.device = "cpu",
     ) -> None:
         if penalty not in ("l1", "l2"):
             raise ConfigError(f"penalty: expected 'l1' or 'l2', got {penalty!r}")
         self.penalty: Penalty = penalty
-        self.Cs = [float(c) for c in np.asarray(Cs, dtype=np.float64).ravel()]
+        grid = protocol.C_GRID if Cs is None else Cs  # the paper's grid, read when built
+        self.Cs = [float(c) for c in np.asarray(grid, dtype=np.float64).ravel()]
         self.name = name
         self.device = device
 

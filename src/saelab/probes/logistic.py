@@ -34,7 +34,7 @@ from threadpoolctl import ThreadpoolController
 
 from saelab.errors import ProbeDataError
 from saelab.probes.protocol import ArrayLike, as_float64_matrix, validate_estimator_input
-from saelab.probes.solvers import SMALL_PROBLEM_FLOPS, _LogisticBatch, fit_logistic_batch
+from saelab.probes.solvers import SMALL_PROBLEM_FLOPS, fit_logistic_batch
 
 logger = logging.getLogger(__name__)
 
@@ -85,11 +85,6 @@ def _signed_labels(y: ArrayLike, n: int, name: str = "y") -> np.ndarray:
             f"{name}: expected labels in {{0, 1}} or {{-1, +1}}, got {sorted(values)}"
         )
     return np.where(y == 1, 1.0, -1.0)
-
-
-def _Problem(Z: torch.Tensor, y: torch.Tensor, fit_intercept: bool) -> _LogisticBatch:
-    """One problem (Z [n, p], labels y [n] in {-1, +1}) as the solver's batch of B = 1."""
-    return _LogisticBatch(Z[None], y[None], None, fit_intercept)
 
 
 def _initial_solutions(

@@ -277,7 +277,9 @@ class Decisions:
 
 
 class ProbeMethod(Protocol):
-    """A probe family the protocol can run (``saelab.probes.methods`` has one per probe).
+    """A probe family the protocol can run (one per probe: ``LogisticMethod`` in
+    ``probes/linear.py``, ``PCAMethod``, ``KNNMethod``, ``XGBoostMethod``, ``MLPMethod`` in
+    ``probes/baselines.py``).
 
     ``candidates`` lists the settings searched (in order: the first maximum of the mean
     validation AUC wins), ``default_setting`` is used for n <= 3 training rows, ``estimator``

@@ -27,7 +27,7 @@ from sklearn.utils.validation import check_is_fitted
 from saelab.errors import ConfigError, ProbeDataError
 from saelab.probes.linear import LogisticMethod, Penalty
 from saelab.probes.logistic import LogisticProbe
-from saelab.probes.protocol import C_GRID, ArrayLike, Problem, binary_labels, run_protocol
+from saelab.probes.protocol import ArrayLike, Problem, binary_labels, run_protocol
 from saelab.probes.result import ProbeResult
 
 logger = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def fit_sae_probes_many(
     splits: Sequence[CodeSplit],
     ks: Sequence[int],
     seed: int = 42,
-    Cs: Sequence[float] | np.ndarray = C_GRID,
+    Cs: Sequence[float] | np.ndarray | None = None,
     normalization: Normalization = "mean",
     binarize: bool = False,
     penalty: Penalty = "l1",
@@ -291,7 +291,7 @@ def fit_sae_probes(
     y_test: ArrayLike,
     ks: Sequence[int],
     seed: int = 42,
-    Cs: Sequence[float] | np.ndarray = C_GRID,
+    Cs: Sequence[float] | np.ndarray | None = None,
     normalization: Normalization = "mean",
     binarize: bool = False,
     penalty: Penalty = "l1",

@@ -70,9 +70,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -455,34 +455,57 @@ def _newton_l2(
     return theta, n_iter, converged, factors
 
 
-def _continuation_l2(
-    batch: _LogisticBatch, C: torch.Tensor, theta0: torch.Tensor, max_iter: int, tol: float
+def _along_path(
+    C: torch.Tensor,
+    theta0: torch.Tensor,
+    p: int,
+    solve: Callable[
+        [torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor, Any]
+    ],
+    predict: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], torch.Tensor],
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Solve each problem's Cs [B, m] one at a time in increasing order, warm-starting.
 
-    All B problems advance together (position j of each problem's sorted Cs). The start for the
-    next C is a first-order (tangent) prediction from the solution theta at the previous C:
-    differentiating grad f_C(theta(C)) = 0 gives d theta / d log C = H^-1 (P theta), with
-    P = diag(penalty) and H the Hessian at theta (its Cholesky factor is the last one the Newton
-    loop computed). theta0: [B, p]. Returns solutions [B, m, p], Newton steps and flags [B, m].
+    All B problems advance together (position j of each problem's sorted Cs).
+    ``solve(c [B], start [B, p]) -> (theta, n_iter, converged, extra)`` solves one C per problem;
+    ``predict(c, c_next, theta, extra)`` gives the start for the next C. theta0: [B, p]. Returns
+    solutions [B, m, p], Newton steps and converged flags [B, m].
     """
     B, m = C.shape
     order = torch.argsort(C, dim=1, stable=True)
     rows = torch.arange(B, device=C.device)
-    thetas = torch.empty(B, m, batch.p, dtype=theta0.dtype, device=theta0.device)
+    thetas = torch.empty(B, m, p, dtype=theta0.dtype, device=theta0.device)
     n_iter = torch.zeros(B, m, dtype=torch.int64, device=C.device)
     converged = torch.zeros(B, m, dtype=torch.bool, device=C.device)
     start = theta0
     for pos in range(m):
         j = order[:, pos]
         c = C[rows, j]
-        th, it, ok, L = _newton_l2(batch, c, start, max_iter, tol)
+        th, it, ok, extra = solve(c, start)
         thetas[rows, j], n_iter[rows, j], converged[rows, j] = th, it, ok
         if pos + 1 < m:
-            tangent = _solve(L, batch.penalty * th)
-            step = torch.log(C[rows, order[:, pos + 1]] / c)[:, None] * tangent
-            start = torch.where(torch.isfinite(step), th + step, th)
+            start = predict(c, C[rows, order[:, pos + 1]], th, extra)
     return thetas, n_iter, converged
+
+
+def _continuation_l2(
+    batch: _LogisticBatch, C: torch.Tensor, theta0: torch.Tensor, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """L2 fits for each problem's Cs [B, m] along the path (``_along_path``).
+
+    The start for the next C is a first-order (tangent) prediction from the solution theta at the
+    previous C: differentiating grad f_C(theta(C)) = 0 gives d theta / d log C = H^-1 (P theta),
+    with P = diag(penalty) and H the Hessian at theta (its Cholesky factor is the last one the
+    Newton loop computed).
+    """
+
+    def predict(c: torch.Tensor, c_next: torch.Tensor, th: torch.Tensor, L: Any) -> torch.Tensor:
+        step = torch.log(c_next / c)[:, None] * _solve(L, batch.penalty * th)
+        return torch.where(torch.isfinite(step), th + step, th)
+
+    return _along_path(
+        C, theta0, batch.p, lambda c, start: _newton_l2(batch, c, start, max_iter, tol), predict
+    )
 
 
 def _pseudo_gradient(theta: torch.Tensor, g: torch.Tensor, penalised: torch.Tensor) -> torch.Tensor:
@@ -679,27 +702,19 @@ def _l1_tangent(
 def _path_l1(
     batch: _LogisticBatch, C: torch.Tensor, theta0: torch.Tensor, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """L1 fits for each problem's Cs [B, m] in increasing order, each warm-started.
+    """L1 fits for each problem's Cs [B, m] along the path (``_along_path``); the start for the
+    next C is ``_l1_tangent`` off the previous optimum."""
 
-    All B problems advance together; the start for the next C is ``_l1_tangent`` off the
-    previous optimum. theta0: [B, p]. Returns solutions [B, m, p], Newton steps and converged
-    flags [B, m].
-    """
-    B, m = C.shape
-    order = torch.argsort(C, dim=1, stable=True)
-    rows = torch.arange(B, device=C.device)
-    thetas = torch.empty(B, m, batch.p, dtype=theta0.dtype, device=theta0.device)
-    n_iter = torch.zeros(B, m, dtype=torch.int64, device=C.device)
-    converged = torch.zeros(B, m, dtype=torch.bool, device=C.device)
-    start = theta0
-    for pos in range(m):
-        j = order[:, pos]
-        c = C[rows, j]
-        th, it, ok = _newton_l1(batch, c, start, max_iter, tol)
-        thetas[rows, j], n_iter[rows, j], converged[rows, j] = th, it, ok
-        if pos + 1 < m:
-            start = _l1_tangent(batch, c, C[rows, order[:, pos + 1]], th)
-    return thetas, n_iter, converged
+    def solve(c: torch.Tensor, start: torch.Tensor) -> tuple[Any, Any, Any, None]:
+        return (*_newton_l1(batch, c, start, max_iter, tol), None)
+
+    return _along_path(
+        C,
+        theta0,
+        batch.p,
+        solve,
+        lambda c, c_next, th, _: _l1_tangent(batch, c, c_next, th),
+    )
 
 
 def solver_fingerprint(penalty: Literal["l1", "l2"]) -> dict[str, object]:
@@ -750,8 +765,8 @@ def fit_logistic_batch(
     feature_mask: torch.Tensor | None = None,
     fit_intercept: bool = True,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
-    tol: float = DEFAULT_TOL,
-    max_iter: int = DEFAULT_MAX_ITER,
+    tol: float | None = None,
+    max_iter: int | None = None,
 ) -> LogisticFit:
     """Fit B binary logistic problems x m values of C in one call (objectives: module docstring).
 
@@ -767,8 +782,9 @@ def fit_logistic_batch(
         init: warm start ``(coef [B, m, p], intercept [B, m])``; each (problem, C) starts from
             its own values (default: w = 0 and the intercept-only optimum log(n_pos / n_neg),
             continued along the C path).
-        tol: stop a (problem, C) when its Newton step is at most ``tol * max(1, ||theta||_inf)``.
-        max_iter: most Newton steps per (problem, C).
+        tol: stop a (problem, C) when its Newton step is at most ``tol * max(1, ||theta||_inf)``
+            (default: the module's ``DEFAULT_TOL``, read at call time, as ``solver_fingerprint``).
+        max_iter: most Newton steps per (problem, C) (default: ``DEFAULT_MAX_ITER``).
 
     Returns:
         ``LogisticFit`` with coef [B, m, p], intercept [B, m] (on X's device), n_iter and
@@ -776,6 +792,8 @@ def fit_logistic_batch(
     """
     if penalty not in ("l1", "l2"):
         raise ProbeDataError(f"penalty: expected 'l1' or 'l2', got {penalty!r}")
+    tol = DEFAULT_TOL if tol is None else tol
+    max_iter = DEFAULT_MAX_ITER if max_iter is None else max_iter
     if max_iter < 1:
         raise ProbeDataError(f"max_iter: expected a positive integer, got {max_iter}")
     if not (tol > 0):

@@ -24,10 +24,10 @@ import yaml
 
 from saelab import __version__
 from saelab.io import write_text_atomic
+from saelab.names import SETTINGS
 from saelab.report.plots import PlotFile, read_manifest
 
 REPORT_NAME = "report.html"
-_SETTING_ORDER = ("normal", "scarcity", "imbalance", "label_noise", "ood")
 _SETTING_TITLES = {
     "normal": "Normal setting",
     "scarcity": "Data scarcity",
@@ -158,7 +158,7 @@ def _table(
 
 def _ordered_settings(values: Iterable[Any]) -> list[str]:
     present = [str(v) for v in pd.unique(pd.Series(list(values), dtype=object).dropna())]
-    known = [s for s in _SETTING_ORDER if s in present]
+    known = [s for s in SETTINGS if s in present]
     return known + sorted(s for s in present if s not in known)
 
 

@@ -35,6 +35,7 @@ from rich.table import Table
 
 from saelab.errors import SaelabError
 from saelab.io import atomic_path
+from saelab.names import SETTINGS
 from saelab.report.quiver import (
     BASELINE_ORDER,
     QUIVER_METHODS,
@@ -42,7 +43,7 @@ from saelab.report.quiver import (
     with_probe_labels,
 )
 
-SETTING_ORDER: tuple[str, ...] = ("normal", "scarcity", "imbalance", "label_noise", "ood")
+SETTING_ORDER: tuple[str, ...] = SETTINGS
 """Order of the settings in every table; unknown settings follow alphabetically."""
 
 REFERENCES: tuple[str, ...] = ("logreg", "best_baseline")
