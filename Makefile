@@ -33,9 +33,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# Benchmarks write their sections of benchmarks/RESULTS.md (about 2 hours in all on 2 cores).
 bench: $(STAMP)
-	$(BIN)/python benchmarks/extract_speed.py
-	$(BIN)/python benchmarks/regime_speed.py
+	cd benchmarks && ../$(BIN)/python extract_speed.py
+	cd benchmarks && ../$(BIN)/python regime_speed.py
+	cd benchmarks && ../$(BIN)/python vs_sae_probes.py
+	cd benchmarks && ../$(BIN)/python probe_engine.py
+	cd benchmarks && ../$(BIN)/python cost_curve.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"**Full-study estimate (113 datasets, five regimes, one layer, one SAE; an estimate "
         f"from 30 datasets): {full['probes']:.0f} s x 113 / 30 = {estimate:.0f} s = "
-        f"{estimate / 3600:.2f} hours on 2 cores** (goal < 2 hours; the peer needs about 16 "
-        "hours per SAE for its SAE probes alone).",
+        f"{estimate / 3600:.2f} hours on 2 cores** (goal < 2 hours). The peer's own time on the "
+        "same kind of work is measured in the `vs_sae_probes` section.",
     ]
     text = "\n".join(lines)
     print(text)

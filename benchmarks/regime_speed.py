@@ -13,8 +13,9 @@ rows. Both sides produce one test AUC per (dataset, setting value, k).
 - saelab: the same work through saelab's public functions: ``saelab.sae.load_sae`` on the same
   folder, the same activations file read once per dataset, the SAE encoded once per dataset
   (``encode_rows(..., mode="code_pooled")``: the code of the pooled activation, as the peer does),
-  splits from ``scarcity_splits`` / ``imbalance_splits`` and ``fit_sae_probes(...,
-  penalty="l1")`` (saelab's orthant-wise Newton L1 solver) per split.
+  splits from ``scarcity_splits`` / ``imbalance_splits`` and ``fit_sae_probes_many(...,
+  penalty="l1")`` (saelab's orthant-wise Newton L1 solver) once per (dataset, setting), all its
+  splits batched, as a probe unit of the pipeline runs them.
 
 Why it is fair. Both read the same inputs: pooled activations of the real all-MiniLM-L6-v2 (one
 layer, mean pooling) extracted once with saelab and saved where and how the peer reads them
@@ -63,7 +64,7 @@ from saelab.data import (
     normal_split,
     scarcity_splits,
 )
-from saelab.probes import fit_sae_probes
+from saelab.probes import CodeSplit, fit_sae_probes_many
 from saelab.sae import TopKTrainConfig, encode_rows, load_sae, save_sae, train_topk_sae
 
 PEER_MODEL_NAME = "all-MiniLM-L6-v2"  # only used in the peer's file names
@@ -223,15 +224,17 @@ def run_saelab(
     for setting in args.settings:
         started = time.perf_counter()
         for name, (labels, codes) in data.items():
-            for split in saelab_splits(setting, labels, args.sizes, name):
-                fits = fit_sae_probes(
-                    codes[split.train],
-                    split.y_train(labels),
-                    codes[split.test],
-                    labels[split.test],
-                    ks=list(args.ks),
-                    penalty="l1",
-                )
+            # one call per (dataset, setting), all its splits batched: a probe unit of the pipeline
+            splits = saelab_splits(setting, labels, args.sizes, name)
+            fitted = fit_sae_probes_many(
+                [
+                    CodeSplit(codes[s.train], s.y_train(labels), codes[s.test], labels[s.test])
+                    for s in splits
+                ],
+                ks=list(args.ks),
+                penalty="l1",
+            )
+            for split, fits in zip(splits, fitted, strict=True):
                 for r in fits:
                     value = float(split.setting_value)
                     value = value if setting == "scarcity" else round(value, 2)
@@ -441,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
             f"`saelab.sae.load_sae` (saelab)",
             f"- Workload: settings {', '.join(args.settings)} (scarcity: {sizes_note}), "
             f"ks {list(args.ks)}, L1 probes (peer: `run_sae_evals(..., reg_type='l1', "
-            f"device='cpu')`, saga; saelab: `fit_sae_probes(..., penalty='l1')`, orthant-wise Newton)",
+            f"device='cpu')`, saga; saelab: `fit_sae_probes_many(..., penalty='l1')` per (dataset, setting), orthant-wise Newton)",
             f"- Same inputs checked: splits identical to the peer's `get_train_test_indices` "
             f"for all {same['n_splits']} splits: {same['splits_same']}; SAE codes (SAELens vs "
             f"saelab encode) max abs diff {same['code_diff']:.1e}",

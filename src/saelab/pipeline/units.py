@@ -8,9 +8,7 @@ its numbers do not depend on the executor or on how many cores the machine has.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -54,21 +52,6 @@ class UnitInputs:
         return self.x[split.train], split.y_train, test[split.test], split.y_test
 
 
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    """Run the block with one torch thread and one BLAS / OpenMP thread, then restore."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @dataclass
 class UnitOutcome:
     """Rows of a finished unit (without run-level columns) and the splits it had to skip."""
@@ -97,7 +80,7 @@ def run_unit(spec: UnitSpec, inputs: UnitInputs) -> UnitOutcome:
     whose training or test rows lack a class is skipped (with its reason); the others run.
     """
     from saelab.probes.baselines import baseline_method
-    from saelab.probes.protocol import Problem, run_protocol
+    from saelab.probes.protocol import Problem, run_protocol, single_threaded
     from saelab.probes.sae_probes import CodeSplit, fit_sae_probes_many
 
     if len(inputs.splits) != len(spec.splits):

@@ -23,10 +23,11 @@ decision value > 0 predicts class 1.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any, Protocol
@@ -37,6 +38,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import validate_data
+from threadpoolctl import threadpool_limits
 
 from saelab.errors import ProbeDataError
 from saelab.probes.metrics import labels_1d, roc_auc, weighted_f1
@@ -357,8 +359,10 @@ class Validation:
 
 
 def validate(method: ProbeMethod, problems: Sequence[Problem], seed: int = 42) -> list[Validation]:
-    """Step 1-2 of the protocol for every problem: all fold fits in one ``method.decide`` call."""
-    return _validate(method, [_check(p, i) for i, p in enumerate(problems)], seed)
+    """Step 1-2 of the protocol for every problem: all fold fits in one ``method.decide`` call
+    (single-threaded, as :func:`run_protocol`)."""
+    with single_threaded():
+        return _validate(method, [_check(p, i) for i, p in enumerate(problems)], seed)
 
 
 def _validate(method: ProbeMethod, checked: Sequence[_Checked], seed: int) -> list[Validation]:
@@ -404,17 +408,41 @@ def _validate(method: ProbeMethod, checked: Sequence[_Checked], seed: int) -> li
     return out
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run the block with one torch thread and one BLAS / OpenMP thread, then restore them.
+
+    The probe engine's fits are many small problems: measured on this project's 2-core machine,
+    multi-threaded MKL ran a 129 x 129 Cholesky 100-500x slower than one thread, and a whole
+    probe protocol about 10x slower. Parallelism comes from running many units at once
+    (``saelab.pipeline.executors``), each on one thread, which also makes the numbers independent
+    of the machine's core count.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def run_protocol(
     method: ProbeMethod, problems: Sequence[Problem], seed: int = 42
 ) -> list[ProbeResult]:
     """Validate, select, refit and score ``method`` on every problem (module docstring).
 
     All fold fits of all problems are handed to ``method.decide`` in one call, then all refits in
-    a second one. Returns one :class:`ProbeResult` per problem, in order; ``seconds`` is the wall
-    time of the whole call divided by the number of problems (the fits are shared), and
-    ``converged`` is False when the refit or a validation fit of the chosen setting stopped at
-    its iteration cap.
+    a second one, single-threaded (:func:`single_threaded`). Returns one :class:`ProbeResult` per
+    problem, in order; ``seconds`` is the wall time of the whole call divided by the number of
+    problems (the fits are shared), and ``converged`` is False when the refit or a validation fit
+    of the chosen setting stopped at its iteration cap.
     """
+    with single_threaded():
+        return _run_protocol(method, problems, seed)
+
+
+def _run_protocol(method: ProbeMethod, problems: Sequence[Problem], seed: int) -> list[ProbeResult]:
     start = time.perf_counter()
     checked = [_check(p, i) for i, p in enumerate(problems)]
     validations = _validate(method, checked, seed)
