@@ -112,3 +112,53 @@ def test_ray_gives_the_serial_table_and_resumes_after_an_interruption(
     assert resumed.n_units_done_before == 4
     pd.testing.assert_frame_equal(_table(resumed), _table(serial))
     assert not ray.is_initialized()
+
+
+def test_local_workers_exit_when_the_run_is_killed(tmp_path):
+    """A SIGKILLed run cannot close its pool; its spawned workers must not fit units for nobody."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import sys, time\n"
+        "from saelab.pipeline.executors import ProcessExecutor\n"
+        "if __name__ == '__main__':\n"
+        "    ex = ProcessExecutor(workers=2)\n"
+        "    pool = ex._start()\n"
+        "    for f in [pool.submit(time.sleep, 1) for _ in range(2)]:\n"
+        "        f.result()\n"
+        "    print(*[p.pid for p in pool._processes.values()], flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        workers = [int(p) for p in proc.stdout.readline().split()]
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+        deadline = time.time() + 15
+        alive = workers
+        while alive and time.time() < deadline:
+            time.sleep(0.2)
+            alive = [p for p in workers if _running(p)]
+        assert not alive, f"workers {alive} outlived their killed parent"
+    finally:
+        proc.kill()
+
+
+def _running(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; it only waits to be reaped by init.
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return False

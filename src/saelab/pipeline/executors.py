@@ -18,6 +18,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from typing import Any, Protocol
@@ -90,12 +92,29 @@ class SerialExecutor:
         pass
 
 
-def _init_worker() -> None:
-    """Worker start-up: one thread everywhere (units also enforce it), quiet warnings."""
+_PARENT_POLL_SECONDS = 1.0
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Leave as soon as the run that started this worker is gone (killed, not just closed).
+
+    A killed parent cannot shut its pool down, and a spawned worker would otherwise go on
+    fitting its queued units for nobody; polling ``getppid`` works on every POSIX system.
+    """
+    while True:
+        time.sleep(_PARENT_POLL_SECONDS)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+def _init_worker(parent: int) -> None:
+    """Worker start-up: one thread everywhere (units also enforce it); exit with the parent."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
+    if os.name == "posix":
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 class ProcessExecutor:
@@ -118,6 +137,7 @@ class ProcessExecutor:
                 max_workers=self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_init_worker,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
