@@ -38,7 +38,7 @@ from results_md import write_section
 import saelab
 from saelab.activations import DEFAULT_MODEL, ActivationCache, hook_name, load_model
 from saelab.data import OOD_PAIRS, list_bundled, load_dataset, normal_split
-from saelab.sae import TopKTrainConfig, save_sae, train_topk_sae
+from saelab.sae import SAETrainConfig, save_sae, train_sae
 
 OUT = Path(__file__).resolve().parent / "out" / "cost_curve"
 LAYER = 4
@@ -60,7 +60,7 @@ def pick_datasets(n: int = 30) -> list[str]:
     return chosen
 
 
-def train_sae(names: list[str]) -> tuple[Path, dict]:
+def train_benchmark_sae(names: list[str]) -> tuple[Path, dict]:
     """A TopK SAE on the normal-split training tokens of ``names`` (cached on disk)."""
     folder = OUT / "sae"
     if (folder / "cfg.json").is_file():
@@ -77,8 +77,10 @@ def train_sae(names: list[str]) -> tuple[Path, dict]:
         keep = la.tokens[~la.special]
         step = max(1, keep.shape[0] // 15000)  # about 15k tokens per dataset
         tokens.append(keep[::step])
-    cfg = TopKTrainConfig(d_sae=8 * handle.d_model, k=32, lr=0.004, batch_size=1024, epochs=4)
-    sae, stats = train_topk_sae(
+    cfg = SAETrainConfig(
+        architecture="topk", d_sae=8 * handle.d_model, k=32, lr=0.004, batch_size=1024, epochs=4
+    )
+    sae, stats, _ = train_sae(
         torch.cat(tokens), cfg, progress=False, metadata={"hook_name": hook_name(LAYER)}
     )
     save_sae(sae, folder)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for old in OUT.glob("normal_*"):  # fresh run folders: nothing resumed
         shutil.rmtree(old)
     shutil.rmtree(OUT / "regimes_30", ignore_errors=True)
-    sae, stats = train_sae(names)
+    sae, stats = train_benchmark_sae(names)
     load_before = os.getloadavg()[0]
     curve = {}
     for n in (1, 10, 30):

@@ -112,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
             max_length=max_length,
             batch_size=args.batch_size,
             progress=False,
+            include_special_tokens=True,  # the plain way averages every real token
         )[layer].pooled
 
     def plain() -> tuple[torch.Tensor, int, int]:

@@ -65,7 +65,7 @@ from saelab.data import (
     scarcity_splits,
 )
 from saelab.probes import CodeSplit, fit_sae_probes_many
-from saelab.sae import TopKTrainConfig, encode_rows, load_sae, save_sae, train_topk_sae
+from saelab.sae import SAETrainConfig, encode_rows, load_sae, save_sae, train_sae
 
 PEER_MODEL_NAME = "all-MiniLM-L6-v2"  # only used in the peer's file names
 SETTINGS = ("scarcity", "imbalance")
@@ -97,7 +97,8 @@ def prepare_inputs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         del acts, la
     extract_seconds = time.perf_counter() - started
     data = torch.cat(train_tokens)
-    cfg = TopKTrainConfig(
+    cfg = SAETrainConfig(
+        architecture="topk",
         d_sae=args.expansion * handle.d_model,
         k=args.sae_k,
         lr=0.004,
@@ -105,7 +106,7 @@ def prepare_inputs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         epochs=args.sae_epochs,
         seed=0,
     )
-    sae, stats = train_topk_sae(
+    sae, stats, _ = train_sae(
         data,
         cfg,
         progress=False,
@@ -438,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             f"; pooled activations of all rows extracted once with saelab and saved in the "
             f"peer's `.pt` layout",
             f"- SAE: TopK, d_sae {inp['sae_cfg'].d_sae}, k {inp['sae_cfg'].k}, trained with "
-            f"`train_topk_sae` on {inp['n_train_tokens']} tokens of the normal split's training "
+            f"`train_sae` (topk) on {inp['n_train_tokens']} tokens of the normal split's training "
             f"rows ({inp['sae_cfg'].epochs:g} epochs; fvu {st['fvu']:.3f}, l0 {st['l0']:.1f}); "
             f"saved once in SAELens format, loaded by `sae_lens.SAE.load_from_disk` (peer) and "
             f"`saelab.sae.load_sae` (saelab)",

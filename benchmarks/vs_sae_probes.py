@@ -61,7 +61,7 @@ from saelab.names import BASELINES
 from saelab.pipeline.executors import ProcessExecutor
 from saelab.pipeline.plan import SplitRef, UnitSpec, method_fingerprint, split_hash
 from saelab.pipeline.units import SplitInputs, UnitInputs
-from saelab.sae import TopKTrainConfig, encode_rows, load_sae, save_sae, train_topk_sae
+from saelab.sae import SAETrainConfig, encode_rows, load_sae, save_sae, train_sae
 
 PEER_MODEL_NAME = "all-MiniLM-L6-v2"  # only used in the peer's file names
 DATASETS = (
@@ -104,10 +104,16 @@ def prepare_inputs(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         data[name] = {"labels": ds.labels, "split": split, "family": ds.family}
     extract_seconds = time.perf_counter() - started
     train = torch.cat(tokens)
-    cfg = TopKTrainConfig(
-        d_sae=8 * handle.d_model, k=32, lr=0.004, batch_size=1024, epochs=args.sae_epochs, seed=0
+    cfg = SAETrainConfig(
+        architecture="topk",
+        d_sae=8 * handle.d_model,
+        k=32,
+        lr=0.004,
+        batch_size=1024,
+        epochs=args.sae_epochs,
+        seed=0,
     )
-    sae, stats = train_topk_sae(
+    sae, stats, _ = train_sae(
         train, cfg, progress=False, metadata={"hook_name": hook, "model_name": handle.name}
     )
     sae_dir = save_sae(sae, work / "sae")

@@ -177,9 +177,17 @@ def test_mean_pooling(arch, handles):
     handle = handles[arch]
     # The last block is excluded: Llama's last hidden_states entry has the final norm applied.
     got = extract(handle, TEXTS, [0, 1], "mean", batch_size=3, progress=False)
+    both = extract(
+        handle, TEXTS, [0, 1], "mean", batch_size=3, progress=False, include_special_tokens=True
+    )
+    # By default the special tokens ([CLS] first and [SEP] last; Llama's <s> first) are left out.
+    inner = slice(1, -1) if arch == "bert" else slice(1, None)
     for layer in (0, 1):
-        reference = torch.stack([_alone_hidden(handle, t, layer).mean(0) for t in TEXTS])
+        alone = [_alone_hidden(handle, t, layer) for t in TEXTS]
+        reference = torch.stack([h[inner].mean(0) for h in alone])
         torch.testing.assert_close(got[layer].pooled, reference, atol=1e-5, rtol=1e-4)
+        reference = torch.stack([h.mean(0) for h in alone])
+        torch.testing.assert_close(both[layer].pooled, reference, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -190,7 +198,15 @@ def test_early_stop_equals_full_forward(arch, handles):
     last_block = find_blocks(handle.model)[N_LAYERS - 1]
     spy = last_block.register_forward_hook(lambda *_: calls.append(1))
     try:
-        got = extract(handle, TEXTS, [1], "mean", batch_size=len(TEXTS), progress=False)[1]
+        got = extract(
+            handle,
+            TEXTS,
+            [1],
+            "mean",
+            batch_size=len(TEXTS),
+            progress=False,
+            include_special_tokens=True,
+        )[1]
     finally:
         spy.remove()
     assert calls == []
@@ -229,7 +245,8 @@ def test_keep_tokens(arch, handles):
             torch.testing.assert_close(
                 rows, _alone_hidden(handle, text, layer), atol=1e-5, rtol=1e-4
             )
-            torch.testing.assert_close(acts.pooled[i], rows.mean(0), atol=1e-5, rtol=1e-4)
+            kept = rows[~acts.special[offsets[i] : offsets[i + 1]]]  # every text has a word
+            torch.testing.assert_close(acts.pooled[i], kept.mean(0), atol=1e-5, rtol=1e-4)
     if arch == "bert":  # [CLS] first and [SEP] last of every text
         first, last = offsets[:-1], offsets[1:] - 1
         assert got[0].special[first].all() and got[0].special[last].all()
@@ -399,6 +416,7 @@ def test_cache_invalidation(tmp_path, handles, spy_extract):
         {"max_length": 8},
         {"truncation_side": "right"},
         {"keep_tokens": True},
+        {"include_special_tokens": True},
     ]
     for change in variants:
         args = {"texts": TEXTS, "layers": [1], "pooling": "mean"} | change
@@ -486,7 +504,8 @@ def test_minilm_matches_plain_forward():
     assert (handle.d_model, handle.n_layers, handle.is_decoder) == (384, 6, False)
     assert handle.model_id.startswith("all-MiniLM-L6-v2@sha256:")
     texts = ["Margaret of Clisson", "Q: What is 2+2?\nA: 4", "A short headline about Iran"]
-    got = extract(handle, texts, [5], "mean", progress=False)[5].pooled
+    # sentence-transformers' mean pooling averages [CLS] and [SEP] too
+    got = extract(handle, texts, [5], "mean", progress=False, include_special_tokens=True)[5].pooled
     enc = handle.tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         last = handle.model(**enc).last_hidden_state

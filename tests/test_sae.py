@@ -1,9 +1,8 @@
-"""Tests for saelab.sae: architectures, SAELens format, TopK training, sparse encoding."""
+"""Tests for saelab.sae: architectures, SAELens format, sparse encoding (training: test_sae_train)."""
 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from pathlib import Path
 
@@ -22,20 +21,16 @@ from saelab.sae import (
     SAEConfig,
     StandardSAE,
     TopKSAE,
-    TopKTrainConfig,
     build_sae,
     encode_rows,
-    geometric_median,
     known_architectures,
     load_sae,
     read_sae_config,
     register_sae,
     sae_class,
     save_sae,
-    train_topk_sae,
 )
 from saelab.sae.base import SAELENS_FORMAT_VERSION
-from saelab.sae.train import _GatherPreacts, _LatentMajor, _SparseDecode
 
 D_IN, D_SAE = 12, 40
 
@@ -433,158 +428,6 @@ def test_read_sae_config_only(tmp_path: Path) -> None:
     folder = save_sae(_random_sae("topk", {"k": 5}), tmp_path / "sae")
     cfg = read_sae_config(folder / "cfg.json")
     assert cfg.arch == {"k": 5, "rescale_acts_by_decoder_norm": False}
-
-
-# ----- training ---------------------------------------------------------------------------------
-def _planted(
-    n: int, d: int, n_feat: int, active: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tokens that are sparse positive combinations of ``n_feat`` unit directions plus noise."""
-    gen = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(n_feat, d, generator=gen)
-    dirs /= dirs.norm(dim=1, keepdim=True)
-    idx = torch.stack([torch.randperm(n_feat, generator=gen)[:active] for _ in range(n)])
-    mags = torch.rand(n, active, generator=gen) * 2 + 0.5
-    codes = torch.zeros(n, n_feat).scatter_(1, idx, mags)
-    x = codes @ dirs + 0.3 + 0.01 * torch.randn(n, d, generator=gen)  # offset tests b_dec
-    return x * 7.0, dirs  # raw units far from unit norm: tests the folded normalisation
-
-
-TRAIN_CFG = TopKTrainConfig(d_sae=64, k=4, batch_size=256, steps=300, lr=1e-2, eval_tokens=None)
-
-
-@pytest.fixture(scope="module")
-def planted_run() -> tuple[torch.Tensor, torch.Tensor, TopKSAE, dict]:
-    x, dirs = _planted(4096, 32, 48, 3, seed=0)
-    sae, stats = train_topk_sae(x, TRAIN_CFG, progress=False, metadata={"hook_name": "h"})
-    return x, dirs, sae, stats
-
-
-def test_training_recovers_planted_features(planted_run) -> None:
-    x, dirs, sae, stats = planted_run
-    assert stats["fvu"] < 0.08, stats  # the untrained SAE has fvu ~0.7 (checked below)
-    assert stats["steps"] == 300 and stats["tokens_seen"] == 300 * 256
-    assert stats["l0"] <= 4 and stats["dead_fraction"] < 0.5
-    assert stats["auxk_steps"] > 0  # AuxK ran (latents beyond the 48 planted ones go dead)
-    assert len(stats["epoch_losses"]) == math.ceil(300 * 256 / 4096)
-    assert stats["epoch_losses"][-1] < stats["epoch_losses"][0]
-    # each planted direction has a close decoder row
-    cos = (dirs @ sae.W_dec.T).max(dim=1).values
-    assert float((cos > 0.9).float().mean()) > 0.9
-    # stats agree with a direct computation on the returned SAE
-    with torch.no_grad():
-        x_hat = sae(x)
-    fvu = float(((x - x_hat) ** 2).sum() / ((x - x.mean(0)) ** 2).sum())
-    assert fvu == pytest.approx(stats["fvu"], rel=1e-3)
-    _, untrained_stats = train_topk_sae(
-        x, TopKTrainConfig(d_sae=64, k=4, batch_size=256, steps=1, lr=1e-9), progress=False
-    )
-    assert untrained_stats["fvu"] > 0.5
-
-
-def test_training_keeps_unit_norm_decoder_and_saves_as_topk(planted_run, tmp_path: Path) -> None:
-    x, _, sae, _ = planted_run
-    norms = sae.W_dec.norm(dim=1)
-    torch.testing.assert_close(norms, torch.ones_like(norms), rtol=0, atol=1e-5)
-    assert sae.cfg.architecture == "topk" and sae.k == 4 and sae.cfg.metadata["hook_name"] == "h"
-    folder = save_sae(sae, tmp_path / "trained")
-    theirs = _sae_lens().SAE.load_from_disk(str(folder))
-    with torch.no_grad():
-        torch.testing.assert_close(theirs.encode(x[:64]), sae.encode(x[:64]), rtol=0, atol=1e-5)
-        torch.testing.assert_close(theirs(x[:64]), sae(x[:64]), rtol=0, atol=1e-5)
-
-
-def test_training_is_deterministic_for_a_seed() -> None:
-    x, _ = _planted(1024, 16, 32, 3, seed=1)
-    cfg = TopKTrainConfig(
-        d_sae=48, k=3, batch_size=128, steps=40, lr=1e-2, dead_steps_threshold=2, eval_tokens=None
-    )
-    a, sa = train_topk_sae(x, cfg, progress=False)
-    b, sb = train_topk_sae(x, cfg, progress=False)
-    assert sa["auxk_steps"] > 0  # the AuxK path is covered too
-    for name, p in a.state_dict().items():
-        assert torch.equal(p, b.state_dict()[name]), name
-    assert sa["epoch_losses"] == sb["epoch_losses"]
-    other, _ = train_topk_sae(x, TopKTrainConfig(**{**cfg.__dict__, "seed": 1}), progress=False)
-    assert not torch.equal(other.W_dec, a.W_dec)
-
-
-def test_folded_normalisation_gives_codes_in_raw_units() -> None:
-    x, _ = _planted(1024, 16, 32, 3, seed=2)
-    cfg = TopKTrainConfig(d_sae=32, k=3, batch_size=128, steps=30, lr=3e-3, eval_tokens=None)
-    sae, stats = train_topk_sae(x, cfg, progress=False)
-    s = stats["norm_scale"]
-    assert s == pytest.approx(math.sqrt(16 / float((x.double() ** 2).sum(1).mean())), rel=1e-9)
-    # the model trained internally reads s*x; rebuild it from the folded weights
-    internal = TopKSAE(sae.cfg)
-    with torch.no_grad():
-        internal.W_enc.copy_(sae.W_enc)
-        internal.W_dec.copy_(sae.W_dec)
-        internal.b_enc.copy_(sae.b_enc * s)
-        internal.b_dec.copy_(sae.b_dec * s)
-        torch.testing.assert_close(sae.encode(x), internal.encode(x * s) / s, rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(sae(x), internal(x * s) / s, rtol=1e-5, atol=1e-5)
-    # scaling the data by 4 (exact in floating point) trains the same SAE with codes 4x larger
-    sae4, stats4 = train_topk_sae(x * 4, cfg, progress=False)
-    assert stats4["norm_scale"] == s / 4
-    with torch.no_grad():
-        torch.testing.assert_close(sae4.encode(x * 4), 4 * sae.encode(x), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(sae4.W_dec, sae.W_dec)
-
-
-def test_sparse_backward_matches_dense_autograd() -> None:
-    gen = torch.Generator().manual_seed(3)
-    n, d, f, k = 7, 5, 13, 3
-    x = torch.randn(n, d, generator=gen, dtype=torch.float64)
-    params = [torch.randn(*s, generator=gen, dtype=torch.float64).requires_grad_() for s in
-              [(f, d), (f,), (f, d), (d,)]]  # fmt: skip
-    w_enc, b_enc, w_dec, b_dec = params
-
-    def sparse_loss() -> torch.Tensor:
-        xp = x - b_dec
-        with torch.no_grad():
-            h = torch.addmm(b_enc, xp, w_enc.T)
-            idx = h.topk(k, dim=1).indices
-            pat = _LatentMajor(idx, f)
-        v = torch.relu(_GatherPreacts.apply(xp, w_enc, b_enc, h, idx, pat))
-        return ((_SparseDecode.apply(idx, v, w_dec, pat) + b_dec - x) ** 2).sum()
-
-    def dense_loss() -> torch.Tensor:
-        h = (x - b_dec) @ w_enc.T + b_enc
-        vals, idx = h.topk(k, dim=1)
-        codes = torch.zeros_like(h).scatter(1, idx, vals.relu())
-        return ((codes @ w_dec + b_dec - x) ** 2).sum()
-
-    for a, b in zip(
-        torch.autograd.grad(sparse_loss(), params),
-        torch.autograd.grad(dense_loss(), params),
-        strict=True,
-    ):
-        torch.testing.assert_close(a, b)
-
-
-def test_geometric_median_resists_outliers() -> None:
-    gen = torch.Generator().manual_seed(4)
-    pts = torch.randn(200, 3, generator=gen) * 0.1 + torch.tensor([1.0, -2.0, 0.5])
-    pts[:20] += 1000.0
-    med = geometric_median(pts)
-    assert float((med - torch.tensor([1.0, -2.0, 0.5])).norm()) < 0.1
-    assert float((pts.mean(0) - torch.tensor([1.0, -2.0, 0.5])).norm()) > 100
-
-
-def test_train_config_and_input_validation() -> None:
-    with pytest.raises(ConfigError, match="'k'"):
-        TopKTrainConfig(k=0)
-    with pytest.raises(ConfigError, match="'lr_decay_frac'"):
-        TopKTrainConfig(lr_decay_frac=1.5)
-    with pytest.raises(ConfigError, match=r"'k'.*d_sae"):
-        train_topk_sae(torch.randn(10, 4), TopKTrainConfig(d_sae=8, k=9, steps=1), progress=False)
-    bad = torch.randn(10, 4)
-    bad[6, 2] = float("inf")
-    with pytest.raises(DatasetError, match="row 6"):
-        train_topk_sae(bad, TopKTrainConfig(d_sae=8, k=2, steps=1), progress=False)
-    assert TopKTrainConfig().resolved_lr(2**14) == pytest.approx(2e-4)
-    assert TopKTrainConfig().resolved_d_sae(384) == 3072
 
 
 # ----- encode_rows ------------------------------------------------------------------------------

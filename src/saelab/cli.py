@@ -1,4 +1,4 @@
-"""Command line: ``saelab run``, ``report``, ``compare``, ``datasets`` and ``cache``."""
+"""Command line: ``saelab run``, ``report``, ``compare``, ``datasets``, ``cache`` and ``sae train``."""
 
 from __future__ import annotations
 
@@ -235,6 +235,46 @@ def cache_prune(
     root = _cache_root(folder)
     gone = prune_cache(root, max_bytes=max_bytes, older_than=age, dry_run=dry_run)
     _print_entries(gone, "would remove" if dry_run else "removed")
+
+
+sae_app = typer.Typer(help="SAEs outside a probing run.", no_args_is_help=True)
+app.add_typer(sae_app, name="sae")
+
+
+@sae_app.command("train")
+def sae_train(
+    config: Annotated[Path, typer.Argument(help="YAML: model, hook, texts, saes (id -> config)")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="output folder (default: runs/sae_train/<config name>)"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config key: --set saes.topk.k=16 (repeatable)"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Train SAEs on token activations of bundled datasets' texts or text files; rerun resumes."""
+    from saelab.config import load_sae_train_config
+    from saelab.sae.training.corpus import train_saes_on_corpus
+
+    cfg = load_sae_train_config(config, set_ or [])
+    folder = out or Path("runs") / "sae_train" / config.stem
+    stats = train_saes_on_corpus(cfg, folder, progress=progress)
+    table = Table(title=f"SAEs in {folder}")
+    for col in ("id", "architecture", "d_sae", "L0", "FVU", "dead", "seconds"):
+        table.add_column(col, justify="left" if col in ("id", "architecture") else "right")
+    for sae_id, s in stats.items():
+        table.add_row(
+            sae_id,
+            f"{s['architecture']} (saved as {s['saved_as']})",
+            str(s["d_sae"]),
+            f"{s['l0']:.1f}",
+            f"{s['fvu']:.4f}",
+            f"{s['dead_fraction']:.1%}",
+            f"{s['seconds']:.0f}",
+        )
+    console.print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import importlib.resources
+import itertools
+import json
 import logging
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from saelab.errors import ConfigError
 from saelab.names import BASELINES, SETTINGS
+from saelab.sae.training.config import SAETrainConfig
 
 PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
@@ -54,34 +66,70 @@ class DataConfig(_Section):
     max_test: int | None = Field(None, ge=1, description="cap on test rows, for quick runs")
 
 
-class SAETrainConfig(_Section):
-    """A TopK SAE trained in the run on token-level activations of the training texts only."""
+class IHTPConfig(_Section):
+    """Instance hard-thresholding pursuit on the dictionary of another SAE of the run."""
 
-    architecture: Literal["topk"] = "topk"
-    expansion_factor: int = Field(8, ge=1)
-    k: int = Field(32, ge=1)
-    lr: float | None = Field(None, gt=0)
-    batch_size: int = Field(4096, ge=16)
-    epochs: float = Field(4.0, gt=0)
-    max_tokens: int = Field(
-        400_000, ge=1000, description="cap on training tokens per layer, sampled across datasets"
+    dictionary: str = Field(
+        ..., description="id of the SAE (trained or loaded in this run) whose W_dec / b_dec it uses"
     )
-    seed: int = 0
+    k: int = Field(..., ge=1, description="latents kept per token before the union over the text")
 
 
 class SAEConfig(_Section):
-    """One SAE: trained here (``train``) or loaded from a SAELens-format folder (``path``)."""
+    """One SAE: trained here (``train``), loaded from a folder (``path``: SAELens,
+    dictionary_learning or sparsify, detected) or a SAELens release (``release`` + ``sae_id``)."""
 
     id: str = Field(..., pattern=r"^[A-Za-z0-9_.\-]+$")
     train: SAETrainConfig | None = None
-    path: str | None = None
+    path: str | None = Field(
+        None,
+        description="SAE folder in any supported format (SAELens, dictionary_learning, sparsify)",
+    )
+    format: Literal["saelens", "dictionary_learning", "sparsify"] | None = Field(
+        None, description="force the format of 'path' (default: detected from its files)"
+    )
+    hookpoint: str | None = Field(
+        None, description="sparsify: the hookpoint sub-folder of a root that holds several"
+    )
+    release: str | None = Field(
+        None, description="SAELens release name (or hub repo id), with 'sae_id'; needs sae-lens"
+    )
+    sae_id: str | None = Field(None, description="the SAE's id within 'release'")
+    ihtp: IHTPConfig | None = Field(
+        None, description="encode with IHTP on the dictionary of another SAE of the run"
+    )
     layer: int | None = Field(None, description="layer a loaded SAE reads (default: its hook_name)")
+    hook_kind: Literal["resid_post", "attn_out", "mlp_out"] | None = Field(
+        None,
+        description=(
+            "what a loaded SAE reads at its layer: the residual stream after the block, or the "
+            "attention / MLP output (blocks.L.hook_<kind>); default: from its hook_name, else "
+            "resid_post"
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> SAEConfig:
-        if (self.train is None) == (self.path is None):
-            raise ValueError("give exactly one of 'train' (train an SAE here) or 'path' (load one)")
+        sources = [s for s in ("train", "path", "release", "ihtp") if getattr(self, s) is not None]
+        if len(sources) != 1:
+            raise ValueError(
+                "give exactly one of 'train' (train an SAE here), 'path' (load a folder), "
+                "'release' (with 'sae_id': a SAELens release) or 'ihtp' (pursuit on the "
+                "dictionary of another SAE of the run)"
+            )
+        if (self.release is None) != (self.sae_id is None):
+            raise ValueError("'release' and 'sae_id' go together: give both or neither")
+        if self.path is None and (self.format is not None or self.hookpoint is not None):
+            raise ValueError("'format' and 'hookpoint' apply to 'path' only")
         return self
+
+    def source_spec(self) -> dict[str, Any] | None:
+        """What ``saelab.sae.open_sae`` takes for a loaded SAE; None for a trained one."""
+        if self.release is not None:
+            return {"release": self.release, "sae_id": self.sae_id}
+        if self.path is not None:
+            return {"path": self.path, "format": self.format, "hookpoint": self.hookpoint}
+        return None
 
 
 SettingName = Literal[SETTINGS]  # type: ignore[valid-type]
@@ -253,6 +301,14 @@ class RunConfig(_Section):
     pooling: Literal["auto", "last", "mean"] = Field(
         "auto", description="auto: last token for decoders (paper), mean for encoders"
     )
+    pooling_special_tokens: Literal["exclude", "include"] = Field(
+        "exclude",
+        description=(
+            "mean pooling of activations and of SAE codes: 'exclude' leaves out special tokens "
+            "(CLS, SEP, BOS, pad), as SAE training does; 'include' averages them too (a text made "
+            "only of special tokens always keeps them)"
+        ),
+    )
     settings: list[SettingName] = Field(
         default_factory=lambda: ["normal"],
         min_length=1,
@@ -327,7 +383,82 @@ class RunConfig(_Section):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         if dup:
             raise ValueError(f"SAE ids must be unique; repeated: {dup}")
+        by_id = {s.id: s for s in self.saes}
+        for s in self.saes:
+            if s.ihtp is None:
+                continue
+            base = by_id.get(s.ihtp.dictionary)
+            if base is None or base.ihtp is not None:
+                raise ValueError(
+                    f"SAE {s.id}: 'ihtp.dictionary' is {s.ihtp.dictionary!r}; expected the id of "
+                    f"a trained or loaded SAE of this run, one of "
+                    f"{sorted(i for i, b in by_id.items() if b.ihtp is None)}"
+                )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_sweeps(cls, data: Any) -> Any:
+        """Replace each ``saes`` entry that has a ``sweep`` by one entry per point of it."""
+        if isinstance(data, dict) and isinstance(data.get("saes"), list):
+            data = {**data, "saes": expand_sae_sweeps(data["saes"])}
+        return data
+
+
+def expand_sae_sweeps(entries: list[Any]) -> list[Any]:
+    """``saes`` entries with a ``sweep`` -> one trained SAE per point (others unchanged).
+
+    ``sweep`` is either a mapping ``{field: [values]}`` of training fields, expanded to their
+    Cartesian product in key order, or a list of mappings, one point each (for fields that apply
+    to one architecture only, such as ``k`` or ``l1_coefficient``). Every point starts from the
+    entry's ``train`` section; its id is ``<id>-<value>-<value>...`` (values in key order).
+
+    >>> expand_sae_sweeps([{"id": "s", "train": {"k": 8}, "sweep": {"architecture": ["topk", "batchtopk"]}}])
+    [{'id': 's-topk', 'train': {'k': 8, 'architecture': 'topk'}}, {'id': 's-batchtopk', 'train': {'k': 8, 'architecture': 'batchtopk'}}]
+    """
+    out: list[Any] = []
+    for i, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and "sweep" in entry):
+            out.append(entry)
+            continue
+        sweep = entry["sweep"]
+        where = f"saes.{i}.sweep"
+        if isinstance(sweep, dict):
+            for key, values in sweep.items():
+                if not isinstance(values, list) or not values:
+                    raise ConfigError(
+                        f"key '{where}.{key}' has value {values!r}; expected a non-empty list"
+                    )
+            points = [
+                dict(zip(sweep, combo, strict=True)) for combo in itertools.product(*sweep.values())
+            ]
+        elif isinstance(sweep, list) and sweep and all(isinstance(p, dict) for p in sweep):
+            points = sweep
+        else:
+            raise ConfigError(
+                f"key '{where}' has value {sweep!r}; expected a mapping of training fields to "
+                "lists of values, or a non-empty list of mappings"
+            )
+        bad = [k for p in points for k in p if not isinstance(k, str)]
+        if bad:
+            raise ConfigError(
+                f"key '{where}' has field name {bad[0]!r}; expected training field names"
+            )
+        base = {k: v for k, v in entry.items() if k != "sweep"}
+        if not isinstance(base.get("train"), dict):
+            raise ConfigError(f"key '{where}': a sweep needs a 'train' section on its SAE entry")
+        for point in points:
+            suffix = "-".join(_sweep_label(v) for v in point.values())
+            out.append(
+                {**base, "id": f"{base.get('id')}-{suffix}", "train": {**base["train"], **point}}
+            )
+    return out
+
+
+def _sweep_label(value: Any) -> str:
+    """A sweep value as an id fragment (``0.001`` -> ``0.001``, ``topk`` -> ``topk``)."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", text).strip("_") or "x"
 
 
 def _format_error(err: ValidationError, source: str) -> str:
@@ -470,3 +601,68 @@ def validate_config(data: dict[str, Any], source: str) -> RunConfig:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, source)) from None
+
+
+# ----- saelab sae train: SAEs trained on a text corpus, outside a probing run --------------------
+class TextFileConfig(_Section):
+    """A text file: ``.txt`` (one text per line) or one column of a ``.csv`` / ``.parquet`` file."""
+
+    path: str
+    column: str | None = Field(None, description="CSV / Parquet column (default 'prompt')")
+
+
+_SAEId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.\-]+$")]
+
+
+class SAETrainRunConfig(_Section):
+    """``saelab sae train CONFIG``: one model, one hook, a text corpus, and the SAEs to train."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    hook: str | int = Field(
+        "blocks.3.hook_resid_post",
+        description="blocks.L.hook_resid_post | hook_mlp_out | hook_attn_out, or a layer number",
+    )
+    datasets: list[str] = Field(
+        default_factory=list, description="bundled dataset names whose texts are used, or 'all'"
+    )
+    files: list[TextFileConfig] = Field(default_factory=list, description="text files")
+    max_rows: int = Field(5000, ge=1, description="rows read from each bundled dataset")
+    max_tokens: int | None = Field(
+        None, ge=1000, description="activation tokens collected (default: the SAEs' largest)"
+    )
+    seed: int = Field(0, description="order in which texts are read")
+    saes: dict[_SAEId, SAETrainConfig] = Field(
+        ..., min_length=1, description="SAE id -> its training config"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SAETrainRunConfig:
+        if not self.datasets and not self.files:
+            raise ValueError("give texts: 'datasets' (bundled names or 'all') and/or 'files'")
+        from saelab.activations import parse_hook
+
+        try:
+            parse_hook(self.hook)
+        except ConfigError as exc:
+            raise ValueError(f"key 'hook': {exc}") from None
+        return self
+
+
+def load_sae_train_config(
+    path: str | Path, overrides: list[str] | None = None
+) -> SAETrainRunConfig:
+    """Read and validate the YAML config of ``saelab sae train``; errors name the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text("utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"cannot read config {p}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {p} must be a mapping of keys, got {type(data).__name__}")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return SAETrainRunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, str(p))) from None

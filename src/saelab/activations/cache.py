@@ -1,7 +1,8 @@
-"""Disk cache of extracted activations: one verified safetensors file per (texts, model, layer).
+"""Disk cache of extracted activations: one verified safetensors file per (texts, model, hook).
 
 Layout: ``root/activations/<model slug>/<key>.safetensors`` where ``key = stable_hash`` of every
-input that decides the file's content (format version, model id, layer, hook, pooling, resolved
+input that decides the file's content (format version, model id, layer, hook name (so its kind:
+resid_post, attn_out, mlp_out), pooling, whether mean pooling keeps special tokens, resolved
 max_length, truncation side, keep_tokens, compute dtype, hash of the texts, torch and transformers
 versions). A file's modification time is set when it is read, so it says when it was last used
 (``saelab cache``). The header metadata
@@ -25,8 +26,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from saelab.activations.extract import Pooling, TruncationSide, extract, resolve_max_length
-from saelab.activations.hooks import hook_name
+from saelab.activations.extract import (
+    Pooling,
+    TruncationSide,
+    extract,
+    resolve_hooks,
+    resolve_max_length,
+)
+from saelab.activations.hooks import HookKey, hook_key, hook_name
 from saelab.activations.model import ModelHandle
 from saelab.activations.types import LayerActivations
 from saelab.errors import ConfigError
@@ -34,7 +41,7 @@ from saelab.io import atomic_path, hash_bytes, hash_texts, stable_hash
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+CACHE_FORMAT_VERSION = 2  # 2: hook kinds; mean pooling leaves out special tokens by default
 _META_KEY = "saelab.key_parts"
 _META_DIGEST = "saelab.digest"
 _TOKEN_FIELDS = ("tokens", "offsets", "special")
@@ -90,19 +97,23 @@ class ActivationCache:
         handle: ModelHandle,
         texts_hash: str,
         n_texts: int,
-        layer: int,
+        layer: int | str,
         pooling: Pooling,
         max_length: int,
         truncation_side: TruncationSide,
         keep_tokens: bool,
+        include_special_tokens: bool = False,
     ) -> dict[str, Any]:
-        """Everything that decides one layer's file (``max_length`` already resolved)."""
+        """Everything that decides one hook's file (``max_length`` already resolved); ``layer``
+        is a layer (residual stream) or a hook name."""
+        index, kind = handle.check_hook(layer)
         return {
             "format": CACHE_FORMAT_VERSION,
             "model_id": handle.model_id,
-            "layer": layer,
-            "hook": hook_name(layer),
+            "layer": index,
+            "hook": hook_name(index, kind),
             "pooling": pooling,
+            "special_tokens": "include" if include_special_tokens else "exclude",
             "max_length": max_length,
             "truncation_side": truncation_side,
             "keep_tokens": bool(keep_tokens),
@@ -115,7 +126,7 @@ class ActivationCache:
         }
 
     def path_for(self, handle: ModelHandle, parts: dict[str, Any]) -> Path:
-        """File of one layer: ``root/activations/<model slug>/<stable_hash(parts)>.safetensors``."""
+        """File of one hook: ``root/activations/<model slug>/<stable_hash(parts)>.safetensors``."""
         folder = self.root / "activations" / model_slug(handle.model_id)
         return folder / f"{stable_hash(parts, length=24)}.safetensors"
 
@@ -123,20 +134,29 @@ class ActivationCache:
         self,
         handle: ModelHandle,
         texts: Sequence[str],
-        layers: Sequence[int],
+        layers: Sequence[int | str],
         pooling: Pooling,
         max_length: int | None = None,
         keep_tokens: bool = False,
         truncation_side: TruncationSide = "left",
+        include_special_tokens: bool = False,
     ) -> bool:
-        """True when every layer's file is stored with matching key parts (the header only is
+        """True when every hook's file is stored with matching key parts (the header only is
         read; the tensors and their digest are checked when :meth:`get_or_extract` reads them)."""
         texts = list(texts)
         limit = resolve_max_length(handle, max_length)
         texts_hash = hash_texts(texts)
-        for layer in sorted({handle.check_layer(layer) for layer in layers}):
+        for layer, kind in resolve_hooks(handle, layers):
             parts = self.key_parts(
-                handle, texts_hash, len(texts), layer, pooling, limit, truncation_side, keep_tokens
+                handle,
+                texts_hash,
+                len(texts),
+                hook_name(layer, kind),
+                pooling,
+                limit,
+                truncation_side,
+                keep_tokens,
+                include_special_tokens,
             )
             path = self.path_for(handle, parts)
             try:
@@ -152,62 +172,75 @@ class ActivationCache:
         self,
         handle: ModelHandle,
         texts: Sequence[str],
-        layers: Sequence[int],
+        layers: Sequence[int | str],
         pooling: Pooling,
         max_length: int | None = None,
         keep_tokens: bool = False,
         truncation_side: TruncationSide = "left",
         batch_size: int = 32,
         progress: bool = True,
-    ) -> dict[int, LayerActivations]:
-        """Activations of ``texts`` at ``layers`` (see :func:`extract`), read from disk when stored.
+        include_special_tokens: bool = False,
+    ) -> dict[HookKey, LayerActivations]:
+        """Activations of ``texts`` at ``layers`` (layers or hook names, see :func:`extract`),
+        read from disk when stored, keyed by ``hook_key``.
 
-        Missing or bad layers are computed in one forward pass up to the deepest of them and
+        Missing or bad hooks are computed in one forward pass up to the deepest of them and
         written atomically.
         """
         if pooling not in ("last", "mean"):
             raise ConfigError(f"pooling must be 'last' or 'mean', got {pooling!r}")
         texts = list(texts)
-        wanted = sorted({handle.check_layer(layer) for layer in layers})
+        points = resolve_hooks(handle, layers)
+        wanted = [hook_key(layer, kind) for layer, kind in points]
         limit = resolve_max_length(handle, max_length)
         texts_hash = hash_texts(texts)
-        found: dict[int, LayerActivations] = {}
-        todo: dict[int, tuple[Path, dict[str, Any]]] = {}
-        for layer in wanted:
+        found: dict[HookKey, LayerActivations] = {}
+        todo: dict[HookKey, tuple[str, Path, dict[str, Any]]] = {}
+        for (layer, kind), key in zip(points, wanted, strict=True):
+            name = hook_name(layer, kind)
             parts = self.key_parts(
-                handle, texts_hash, len(texts), layer, pooling, limit, truncation_side, keep_tokens
+                handle,
+                texts_hash,
+                len(texts),
+                name,
+                pooling,
+                limit,
+                truncation_side,
+                keep_tokens,
+                include_special_tokens,
             )
             path = self.path_for(handle, parts)
             acts = self._read(path, parts, len(texts), handle.d_model, keep_tokens)
             if acts is None:
-                todo[layer] = (path, parts)
+                todo[key] = (name, path, parts)
             else:
-                found[layer] = acts
+                found[key] = acts
         self.stats.hits += len(found)
         self.stats.misses += len(todo)
         if todo:
             log.info(
-                "activation cache: layers %s of %s computed, %s read back",
-                sorted(todo),
+                "activation cache: %s of %s computed, %s read back",
+                [name for name, _, _ in todo.values()],
                 handle.name,
-                sorted(found),
+                list(found),
             )
             self.stats.forward_passes += 1
             computed = extract(
                 handle,
                 texts,
-                sorted(todo),
+                list(todo),  # hook keys: layers for the residual stream, else hook names
                 pooling,
                 max_length=limit,
                 batch_size=batch_size,
                 keep_tokens=keep_tokens,
                 truncation_side=truncation_side,
                 progress=progress,
+                include_special_tokens=include_special_tokens,
             )
-            for layer, (path, parts) in todo.items():
-                self._write(path, parts, computed[layer])
-                found[layer] = computed[layer]
-        return {layer: found[layer] for layer in wanted}
+            for key, (_, path, parts) in todo.items():
+                self._write(path, parts, computed[key])
+                found[key] = computed[key]
+        return {key: found[key] for key in wanted}
 
     @staticmethod
     def _write(path: Path, parts: dict[str, Any], acts: LayerActivations) -> None:

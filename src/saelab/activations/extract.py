@@ -1,16 +1,21 @@
-"""Residual-stream activations of many texts: tokenise once, sorted batches, early stop, pooling.
+"""Activations of many texts at hook points: tokenise once, sorted batches, early stop, pooling.
 
 How the paper extracts (sae_probes_spec.md §1.5): prompts used as-is with the tokenizer's default
 special tokens, truncated on the left to keep the final ``max_seq_len=1024`` tokens, padded on the
 right, and read at ``blocks.{L}.hook_resid_post`` at the last real token; the forward pass stops
 after the deepest hooked block. saelab does the same, and also:
 
+- reads any hook point of ``saelab.activations.hooks`` (residual stream, attention output, MLP
+  output) in the same forward pass;
 - sorts texts by token length so that batches carry little padding (the paper's unsorted batches
   pay for padding, §1.5 "Volume"), then restores the input order;
 - pads on the right whatever the tokenizer's ``padding_side``, so every text keeps the positions it
   has when run alone; pooling reads the attention mask, so it is right for either padding side;
 - passes the attention mask (the paper passes ``input_ids`` only, harmless for causal models with
-  right padding but wrong for bidirectional encoders).
+  right padding but wrong for bidirectional encoders);
+- mean pooling leaves out special tokens (BOS, CLS, SEP, EOS, PAD, ...) unless asked to keep
+  them, as SAE training leaves them out, so the baselines and the SAE probes average the same
+  tokens; a text made only of special tokens keeps them all (its mean is never empty).
 """
 
 from __future__ import annotations
@@ -27,7 +32,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from saelab.activations.hooks import capture_resid_post, find_blocks, run_until_captured
+from saelab.activations.hooks import (
+    HookKey,
+    HookKind,
+    capture_hooks,
+    find_blocks,
+    hook_key,
+    hook_name,
+    run_until_captured,
+)
 from saelab.activations.model import ModelHandle
 from saelab.activations.types import LayerActivations
 from saelab.errors import ConfigError, DatasetError, ModelError
@@ -75,10 +88,11 @@ def pool_last(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over real tokens in float32, ``sum_t m_t h_t / sum_t m_t``: ``[B, S, d]`` -> ``[B, d]``.
+    """Mean over the masked tokens in float32, ``sum_t m_t h_t / sum_t m_t``: ``[B, S, d]`` ->
+    ``[B, d]`` (a row with no masked token gives 0).
 
-    Special tokens count as real (as sentence-transformers' mean pooling, which uses the
-    attention mask only).
+    With the attention mask this is sentence-transformers' mean pooling (special tokens
+    included); :func:`extract` passes the mask of the tokens to average (:func:`mean_mask`).
     """
     weights = mask.to(torch.float32)
     summed = torch.bmm(weights.unsqueeze(1), hidden.to(torch.float32)).squeeze(1)
@@ -86,6 +100,24 @@ def pool_mean(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 _POOLERS = {"last": pool_last, "mean": pool_mean}
+
+
+def mean_mask(
+    mask: torch.Tensor, special: torch.Tensor, include_special_tokens: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens mean pooling averages, and which rows fell back to all of their tokens.
+
+    ``mask`` ``[B, S]`` bool (real tokens), ``special`` ``[B, S]`` bool (special tokens). Without
+    ``include_special_tokens`` the kept tokens are ``mask & ~special``; a row whose real tokens are
+    all special keeps them all (``fallback[i]`` True), so its mean is never empty.
+    Returns ``(keep [B, S] bool, fallback [B] bool)``.
+    """
+    if include_special_tokens:
+        return mask, torch.zeros(mask.shape[0], dtype=torch.bool, device=mask.device)
+    keep = mask & ~special
+    fallback = ~keep.any(dim=1)
+    keep = torch.where(fallback.unsqueeze(1), mask, keep)
+    return keep, fallback
 
 
 @dataclass
@@ -163,23 +195,36 @@ def _forward_kwargs(model: torch.nn.Module) -> dict[str, object]:
     return kwargs
 
 
+def resolve_hooks(handle: ModelHandle, layers: Sequence[int | str]) -> list[tuple[int, HookKind]]:
+    """The distinct ``(layer, kind)`` of layers / hook names, in range, in forward order (by
+    layer; in a block attn_out, mlp_out, then resid_post)."""
+    order = ("attn_out", "mlp_out", "resid_post")
+    return sorted({handle.check_hook(h) for h in layers}, key=lambda p: (p[0], order.index(p[1])))
+
+
 def extract(
     handle: ModelHandle,
     texts: Sequence[str],
-    layers: Sequence[int],
+    layers: Sequence[int | str],
     pooling: Pooling,
     max_length: int | None = None,
     batch_size: int = 32,
     keep_tokens: bool = False,
     truncation_side: TruncationSide = "left",
     progress: bool = True,
-) -> dict[int, LayerActivations]:
-    """Residual stream after each block in ``layers`` for every text, pooled per text.
+    include_special_tokens: bool = False,
+) -> dict[HookKey, LayerActivations]:
+    """Activations at each hook point of ``layers`` for every text, pooled per text.
 
-    Returns ``{layer: LayerActivations}`` in input order, float32 on CPU: ``pooled [N, d_model]``;
-    with ``keep_tokens`` also ``tokens [T, d_model]`` (every real token), ``offsets [N + 1]`` and
-    ``special [T]`` (True for the tokenizer's special tokens: BOS, CLS, SEP, EOS, ...).
-    The forward pass stops after the deepest requested block (sae_probes_spec.md §1.5).
+    ``layers`` holds layers (the residual stream after that block) and hook names of any kind
+    (``blocks.L.hook_mlp_out``, ``blocks.L.hook_attn_out``; see ``saelab.activations.hooks``).
+    Returns ``{hook_key: LayerActivations}`` (the layer for the residual stream, the hook name
+    otherwise) in input order, float32 on CPU: ``pooled [N, d_model]``; with ``keep_tokens`` also
+    ``tokens [T, d_model]`` (every real token), ``offsets [N + 1]`` and ``special [T]`` (True for
+    the tokenizer's special tokens: BOS, CLS, SEP, EOS, ...). ``pooling="last"`` reads the last
+    real token (special or not, as the paper); ``"mean"`` averages the non-special tokens, or every
+    token with ``include_special_tokens`` (see :func:`mean_mask`). The forward pass stops after the
+    deepest requested block (sae_probes_spec.md §1.5).
     """
     if pooling not in _POOLERS:
         raise ConfigError(f"pooling must be 'last' or 'mean', got {pooling!r}")
@@ -187,9 +232,10 @@ def extract(
         raise ConfigError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
-    wanted = sorted({handle.check_layer(layer) for layer in layers})
-    if not wanted:
+    points = resolve_hooks(handle, layers)
+    if not points:
         raise ConfigError("no layers requested")
+    wanted = [hook_key(layer, kind) for layer, kind in points]
     limit = resolve_max_length(handle, max_length)
     n, d = len(texts), handle.d_model
     if n == 0:
@@ -201,17 +247,18 @@ def extract(
                 offsets=torch.zeros(1, dtype=torch.long),
                 special=torch.zeros(0, dtype=torch.bool),
             )
-        return {layer: empty for layer in wanted}
+        return {key: empty for key in wanted}
 
     tok = tokenize(handle.tokenizer, texts, limit, truncation_side)
+    special = torch.isin(tok.ids, special_token_ids(handle.tokenizer))
     order = torch.argsort(tok.lengths, descending=True, stable=True)
     batches = plan_batches(tok.lengths[order], batch_size)
     pad_id = handle.tokenizer.pad_token_id
     pad_id = 0 if pad_id is None else int(pad_id)
     total_tokens = int(tok.offsets[-1])
-    pooled = {layer: torch.empty(n, d, dtype=torch.float32) for layer in wanted}
+    pooled = {key: torch.empty(n, d, dtype=torch.float32) for key in wanted}
     tokens = (
-        {layer: torch.empty(total_tokens, d, dtype=torch.float32) for layer in wanted}
+        {key: torch.empty(total_tokens, d, dtype=torch.float32) for key in wanted}
         if keep_tokens
         else {}
     )
@@ -219,13 +266,15 @@ def extract(
     model, device = handle.model, handle.device
     kwargs = _forward_kwargs(model)
     blocks = find_blocks(model)
+    names = [hook_name(layer, kind) for layer, kind in points]
+    fallback_rows: list[torch.Tensor] = []
 
     started = time.perf_counter()
     done_tokens = 0
     bar = tqdm(
         total=len(batches), desc=f"extract {handle.name}", unit="batch", disable=not progress
     )
-    with torch.inference_mode(), capture_resid_post(blocks, wanted) as captured:
+    with torch.inference_mode(), capture_hooks(blocks, names) as captured:
         for start, end in batches:
             rows = order[start:end]
             lens = tok.lengths[rows]
@@ -237,6 +286,12 @@ def extract(
             )
             input_ids = torch.where(mask, tok.ids[src], pad_id)
             mask_dev = mask.to(device)
+            pool_mask = mask_dev
+            if pooling == "mean":
+                keep, fallback = mean_mask(mask, special[src] & mask, include_special_tokens)
+                pool_mask = keep.to(device)
+                if fallback.any():
+                    fallback_rows.append(rows[fallback])
             captured.clear()
             run_until_captured(
                 model,
@@ -244,21 +299,26 @@ def extract(
                 attention_mask=mask_dev.to(torch.long),
                 **kwargs,
             )
-            missing = [layer for layer in wanted if layer not in captured]
+            missing = [name for name, key in zip(names, wanted, strict=True) if key not in captured]
             if missing:
                 raise ModelError(
-                    f"blocks {missing} of {handle.name} did not run in the forward pass"
+                    f"hooks {missing} of {handle.name} did not run in the forward pass"
                 )
             if keep_tokens:
                 batch_starts = torch.cumsum(lens, 0) - lens
                 dest = torch.arange(int(lens.sum())) + torch.repeat_interleave(
                     tok.offsets[rows] - batch_starts, lens
                 )
-            for layer in wanted:
-                hidden = captured[layer]
-                pooled[layer][rows] = pool(hidden, mask_dev).to("cpu", torch.float32)
+            for key, name in zip(wanted, names, strict=True):
+                hidden = captured[key]
+                if tuple(hidden.shape) != (len(rows), width, d):
+                    raise ModelError(
+                        f"{name} of {handle.name} has shape {tuple(hidden.shape)}, expected "
+                        f"[batch, tokens, d_model] = {(len(rows), width, d)}"
+                    )
+                pooled[key][rows] = pool(hidden, pool_mask).to("cpu", torch.float32)
                 if keep_tokens:
-                    tokens[layer][dest] = hidden[mask_dev].to("cpu", torch.float32)
+                    tokens[key][dest] = hidden[mask_dev].to("cpu", torch.float32)
             done_tokens += int(lens.sum())
             bar.update(1)
             bar.set_postfix(
@@ -267,21 +327,28 @@ def extract(
     bar.close()
     seconds = time.perf_counter() - started
     log.info(
-        "extracted %d texts (%d tokens) at layers %s of %s in %.1f s (%.0f tokens/s)",
+        "extracted %d texts (%d tokens) at %s of %s in %.1f s (%.0f tokens/s)",
         n,
         total_tokens,
-        wanted,
+        names,
         handle.name,
         seconds,
         total_tokens / max(seconds, 1e-9),
     )
-
-    special = torch.isin(tok.ids, special_token_ids(handle.tokenizer)) if keep_tokens else None
-    if not keep_tokens:
-        return {layer: LayerActivations(pooled=pooled[layer]) for layer in wanted}
-    return {
-        layer: LayerActivations(
-            pooled=pooled[layer], tokens=tokens[layer], offsets=tok.offsets.clone(), special=special
+    if fallback_rows:
+        rows_all = torch.cat(fallback_rows).sort().values.tolist()
+        log.debug(
+            "%d text(s) are made only of special tokens (rows %s%s): their mean pooling keeps them",
+            len(rows_all),
+            rows_all[:10],
+            " ..." if len(rows_all) > 10 else "",
         )
-        for layer in wanted
+
+    if not keep_tokens:
+        return {key: LayerActivations(pooled=pooled[key]) for key in wanted}
+    return {
+        key: LayerActivations(
+            pooled=pooled[key], tokens=tokens[key], offsets=tok.offsets.clone(), special=special
+        )
+        for key in wanted
     }

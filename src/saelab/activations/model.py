@@ -12,7 +12,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from saelab.activations.hooks import find_blocks, hook_name, parse_hook_name, text_config
+from saelab.activations.hooks import (
+    HookKind,
+    find_blocks,
+    hook_name,
+    parse_hook,
+    parse_hook_name,
+    text_config,
+)
 from saelab.errors import ConfigError, ModelError
 from saelab.io import hash_file, stable_hash, write_json_atomic
 
@@ -83,9 +90,19 @@ class ModelHandle:
             )
         return index
 
-    def hook_name(self, layer: int) -> str:
-        """``blocks.{layer}.hook_resid_post`` after checking ``layer`` is in range."""
-        return hook_name(self.check_layer(layer))
+    def check_hook(self, hook: int | str) -> tuple[int, HookKind]:
+        """``(layer, kind)`` of a hook name or layer (see ``parse_hook``), layer in range."""
+        layer, kind = parse_hook(hook)
+        if layer >= self.n_layers:
+            raise ModelError(
+                f"hook {hook} out of range for {self.name}: it has {self.n_layers} blocks, "
+                f"valid layers are 0..{self.n_layers - 1}"
+            )
+        return layer, kind
+
+    def hook_name(self, layer: int, kind: HookKind = "resid_post") -> str:
+        """``blocks.{layer}.hook_{kind}`` after checking ``layer`` is in range."""
+        return hook_name(self.check_layer(layer), kind)
 
     @property
     def max_positions(self) -> int | None:

@@ -1,4 +1,4 @@
-"""Containers for activations extracted from one layer of a model."""
+"""Containers for activations extracted at one hook point (layer and kind) of a model."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ import torch
 
 @dataclass
 class LayerActivations:
-    """Activations of one layer for N texts.
+    """Activations of one hook point (e.g. ``blocks.3.hook_mlp_out``) for N texts.
 
     Attributes:
-        pooled: ``[N, d_model]`` float32, one vector per text (``last`` or ``mean`` pooling).
+        pooled: ``[N, d_model]`` float32, one vector per text: ``last`` (the last real token) or
+            ``mean`` pooling (of the non-special tokens unless special tokens were included; all
+            tokens of a text made only of special tokens).
         tokens: ``[T, d_model]`` float32, every real (non-padding) token of every text, texts
             concatenated in input order; ``None`` unless token-level activations were requested.
         offsets: ``[N + 1]`` int64; the tokens of text ``i`` are ``tokens[offsets[i]:offsets[i+1]]``.

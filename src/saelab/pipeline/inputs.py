@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from saelab.activations.hooks import key_of
 from saelab.errors import SaelabError
 from saelab.pipeline.plan import PlannedUnit
 from saelab.pipeline.regimes import DatasetPlan, Skipped
@@ -22,8 +23,9 @@ from saelab.pipeline.units import SplitInputs, UnitInputs
 
 log = logging.getLogger(__name__)
 
-# texts -> {layer: LayerActivations}
-ReadActivations = Callable[[list[str]], dict[int, Any]]
+# texts -> {hook key: LayerActivations} (``saelab.activations.hook_key``: the layer for the
+# residual stream, the hook name for an attention or MLP output)
+ReadActivations = Callable[[list[str]], dict[int | str, Any]]
 # (sae id, layer, LayerActivations, code poolings) -> {code pooling: CSR codes [rows, d_sae]}
 Encode = Callable[[str, int, Any, list[str]], dict[str, Any]]
 
@@ -56,13 +58,13 @@ class DatasetInputs:
         self._ood: dict[str, dict[int, Any] | None] = {}
         self._features: dict[tuple[Any, ...], Any] = {}
 
-    def activations(self) -> dict[int, Any]:
-        """Activations of the rows every split uses (``plan.rows``), per layer."""
+    def activations(self) -> dict[int | str, Any]:
+        """Activations of the rows every split uses (``plan.rows``), per hook key."""
         if self._acts is None:
             self._acts = self._read([self.plan.dataset.prompts[i] for i in self.plan.rows])
         return self._acts
 
-    def ood_activations(self, name: str) -> dict[int, Any] | None:
+    def ood_activations(self, name: str) -> dict[int | str, Any] | None:
         """Activations of OOD test set ``name`` (all its rows); None when they cannot be made."""
         if name not in self._ood:
             ood = self.plan.ood_test(name).dataset
@@ -80,7 +82,9 @@ class DatasetInputs:
         """The unit's feature matrix for the dataset (``source`` None) or an OOD test set.
 
         Baselines: pooled activations [rows, d] float32; SAE units: CSR codes [rows, d_sae] of
-        the unit's SAE with its code pooling. None when the OOD activations are unavailable.
+        the unit's SAE with its code pooling. Both read the unit's hook (``spec.hook_name``: the
+        residual stream, or the attention / MLP output an SAE reads). None when the OOD
+        activations are unavailable.
         """
         spec = unit.spec
         code_pooling = spec.options.get("code_pooling") if spec.kind == "sae" else None
@@ -89,7 +93,7 @@ class DatasetInputs:
             acts = self.activations() if source is None else self.ood_activations(source)
             if acts is None:
                 return None
-            la = acts[spec.layer]
+            la = acts[key_of(spec.hook_name)]
             if spec.kind == "baseline":
                 self._features[key] = la.pooled.numpy()
             else:

@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from queue import Full, Queue
 from typing import Any
@@ -234,11 +234,47 @@ class PreparedRun:
     device: str
     saes: dict[tuple[str, int], Any] = field(default_factory=dict)
     sae_keys: dict[tuple[str, int], str] = field(default_factory=dict)
+    sae_hooks: dict[tuple[str, int], str] = field(default_factory=dict)
     train_keys: dict[tuple[str, int], str] = field(default_factory=dict)
     sae_stats: dict[str, Any] = field(default_factory=dict)
     skipped: list[Skipped] = field(default_factory=list)
     timer: StageTimer = field(default_factory=StageTimer)
     progress: bool = True
+
+    @property
+    def include_special_tokens(self) -> bool:
+        """Whether mean pooling (of activations and of SAE codes) averages special tokens too."""
+        return self.cfg.pooling_special_tokens == "include"
+
+    @property
+    def hooks(self) -> list[int | str]:
+        """Hook points read for every text: the residual stream after each layer of the run (the
+        baselines, keyed by layer) and the hook each SAE reads (keyed by hook name when it is an
+        attention or MLP output)."""
+        from saelab.activations import key_of
+
+        extra = {key_of(h) for h in self.sae_hooks.values()} - set(self.cfg.layers)
+        return [*self.cfg.layers, *sorted(extra, key=str)]
+
+    def sae(self, sae_id: str, layer: int) -> Any:
+        """The SAE ``sae_id`` at ``layer``; an IHTP entry is built on first use from the
+        dictionary of the SAE it names (trained or loaded by then)."""
+        key = (sae_id, layer)
+        if key not in self.saes:
+            sc = next(s for s in self.cfg.saes if s.id == sae_id)
+            if sc.ihtp is None:
+                raise KeyError(f"SAE {sae_id} of layer {layer} is not loaded or trained")
+            from saelab.sae import IHTPSAE
+
+            dictionary = self.sae(sc.ihtp.dictionary, layer)
+            if not hasattr(dictionary, "W_dec"):
+                raise ConfigError(
+                    f"key 'saes.{sae_id}.ihtp': the dictionary {sc.ihtp.dictionary} is streamed "
+                    "from disk (its weights exceed the memory budget), and IHTP needs it in "
+                    "memory; raise SAELAB_SAE_MEMORY_BUDGET (e.g. 16GB) to load it whole"
+                )
+            self.saes[key] = IHTPSAE.from_dictionary(dictionary, sc.ihtp.k).eval()
+        return self.saes[key]
 
     def cached(self, texts: list[str]) -> bool:
         """True when the activations of ``texts`` are in the cache (header check only)."""
@@ -246,31 +282,76 @@ class PreparedRun:
         return self.cache.has(
             self.handle,
             texts,
-            cfg.layers,
+            self.hooks,
             self.pooling,
             max_length=cfg.model.max_length,
             keep_tokens=self.keep_tokens,
+            include_special_tokens=self.include_special_tokens,
         )
 
-    def read_activations(self, texts: list[str], with_tokens: bool | None = None) -> dict[int, Any]:
-        """Activations of ``texts`` at every layer of the run (disk cache, else one forward pass)."""
+    def read_activations(
+        self, texts: list[str], with_tokens: bool | None = None
+    ) -> dict[int | str, Any]:
+        """Activations of ``texts`` at every hook of the run (disk cache, else one forward pass),
+        keyed by ``saelab.activations.hook_key``."""
         cfg = self.cfg
         with self.timer("activations"):
             return self.cache.get_or_extract(
                 self.handle,
                 texts,
-                cfg.layers,
+                self.hooks,
                 self.pooling,
                 max_length=cfg.model.max_length,
                 keep_tokens=self.keep_tokens if with_tokens is None else with_tokens,
                 batch_size=cfg.model.batch_size,
                 progress=self.progress,
+                include_special_tokens=self.include_special_tokens,
             )
 
     def encode(self, sae_id: str, layer: int, la: Any, code_poolings: list[str]) -> dict:
         """CSR codes of ``la`` for each code pooling, with the SAE ``sae_id`` of ``layer``."""
         with self.timer("encode"):
-            return encode(self.saes[(sae_id, layer)], la, self.pooling, code_poolings)
+            return encode(
+                self.sae(sae_id, layer),
+                la,
+                self.pooling,
+                code_poolings,
+                include_special_tokens=self.include_special_tokens,
+            )
+
+
+def sae_hook_names(cfg: RunConfig, saes: dict[tuple[str, int], Any]) -> dict[tuple[str, int], str]:
+    """The hook (``blocks.L.hook_<kind>``) each loaded SAE reads at its layer: the config's
+    ``hook_kind``, else the kind its ``hook_name`` names, else the residual stream.
+
+    An SAE whose ``hook_name`` is not one saelab extracts (e.g. ``blocks.L.attn.hook_z``) is a
+    ConfigError unless ``hook_kind`` says what to read. SAEs trained in the run read the
+    residual stream (they get no entry; ``hook_kind`` other than ``resid_post`` is refused).
+    """
+    from saelab.activations import hook_name, parse_hook
+
+    by_id = {sc.id: sc for sc in cfg.saes}
+    for sc in cfg.saes:
+        if sc.train is not None and sc.hook_kind not in (None, "resid_post"):
+            raise ConfigError(
+                f"key 'saes.{sc.id}.hook_kind': an SAE trained in a run reads the residual stream "
+                f"(resid_post), got {sc.hook_kind!r}"
+            )
+    out: dict[tuple[str, int], str] = {}
+    for (sae_id, layer), sae in saes.items():
+        kind = by_id[sae_id].hook_kind
+        named = (getattr(getattr(sae, "cfg", None), "metadata", None) or {}).get("hook_name")
+        if kind is None and named:
+            try:
+                kind = parse_hook(named)[1]
+            except ConfigError:
+                raise ConfigError(
+                    f"SAE {sae_id} reads hook {named!r}, which saelab does not extract (it reads "
+                    "blocks.L.hook_resid_post, blocks.L.hook_attn_out and blocks.L.hook_mlp_out); "
+                    f"set 'saes.{sae_id}.hook_kind' if the SAE was trained on one of these"
+                ) from None
+        out[(sae_id, layer)] = hook_name(layer, kind or "resid_post")
+    return out
 
 
 def prepare_run(
@@ -328,6 +409,7 @@ def prepare_run(
             "max_length": cfg.model.max_length,
             "dtype": str(handle.dtype),
             "keep_tokens": keep_tokens,
+            "special_tokens": cfg.pooling_special_tokens,
         },
         cache=ActivationCache(cache_root),
         cache_root=cache_root,
@@ -338,6 +420,7 @@ def prepare_run(
     )
     # SAEs: loaded ones are read now; trained ones are keyed now and trained when needed
     load_saes(cfg, handle, run.saes, run.sae_keys, timer)
+    run.sae_hooks = sae_hook_names(cfg, run.saes)
     run.train_keys = {
         (sc.id, layer): train_key(cfg, sc, handle, layer, pooling, plans, run.activation_key)
         for sc in cfg.saes
@@ -345,13 +428,41 @@ def prepare_run(
         for layer in cfg.layers
     }
     run.sae_keys.update(run.train_keys)
+    run.sae_keys.update(derived_sae_keys(cfg, run.sae_keys))
+    for sc in cfg.saes:
+        if sc.ihtp is not None:
+            for (sae_id, layer), hook in list(run.sae_hooks.items()):
+                if sae_id == sc.ihtp.dictionary:
+                    run.sae_hooks[(sc.id, layer)] = hook
     return run
 
 
+#: Version of how an IHTP encoder is derived from a dictionary (part of its SAE key).
+IHTP_DERIVATION_VERSION = 1
+
+
+def derived_sae_keys(
+    cfg: RunConfig, sae_keys: dict[tuple[str, int], str]
+) -> dict[tuple[str, int], str]:
+    """Keys of the SAEs derived from another SAE of the run (``ihtp``): the dictionary's key, the
+    pursuit and its ``k``, at every layer the dictionary has."""
+    out: dict[tuple[str, int], str] = {}
+    for sc in cfg.saes:
+        if sc.ihtp is None:
+            continue
+        for (sae_id, layer), key in sae_keys.items():
+            if sae_id == sc.ihtp.dictionary:
+                out[(sc.id, layer)] = stable_hash(
+                    {"ihtp": IHTP_DERIVATION_VERSION, "dictionary": key, "k": sc.ihtp.k}
+                )
+    return out
+
+
 def plan_run(run: PreparedRun) -> list[PlannedUnit]:
-    """Every probe unit of the run (``plan.plan_units``)."""
+    """Every probe unit of the run (``plan.plan_units``); an SAE unit names the hook its SAE
+    reads (``run.sae_hooks``; the residual stream by default), which is part of its key."""
     with run.timer("plan"):
-        return plan_units(
+        units = plan_units(
             run.cfg,
             run.plans,
             model_id=run.handle.model_id,
@@ -360,6 +471,11 @@ def plan_run(run: PreparedRun) -> list[PlannedUnit]:
             sae_keys=run.sae_keys,
             device=run.device,
         )
+    for u in units:
+        hook = run.sae_hooks.get((str(u.spec.sae), u.spec.layer)) if u.spec.kind == "sae" else None
+        if hook is not None and hook != u.spec.hook_name:
+            u.spec = replace(u.spec, hook_name=hook)
+    return units
 
 
 def train_run_saes(run: PreparedRun) -> None:
@@ -471,6 +587,137 @@ def prefetch(jobs: Iterator[Job], ahead: int) -> Iterator[Job]:
         thread.join(timeout=10)
 
 
+#: Held-out tokens of the SAE table: texts per dataset and tokens in all (normal-split test texts).
+SAE_TABLE_TEXTS_PER_DATASET = 32
+SAE_TABLE_MAX_TOKENS = 16384
+SAE_TABLE_VERSION = 1
+
+
+def measure_saes(run: PreparedRun, out_csv: Path) -> list[dict[str, Any]]:
+    """One row per SAE and layer: id, source, architecture, width, hook, and its FVU, L0 and dead
+    fraction on the same held-out tokens (``saelab.sae.quality``), written to ``out_csv``.
+
+    The tokens are those of the first ``SAE_TABLE_TEXTS_PER_DATASET`` normal-split test texts of
+    each dataset (capped at ``SAE_TABLE_MAX_TOKENS``), non-special unless the run keeps special
+    tokens. Rows are kept in the run folder by SAE key and reused by a rerun.
+    """
+    import pandas as pd
+
+    from saelab.activations import key_of
+    from saelab.sae.quality import reconstruction_quality
+
+    previous: dict[str, dict[str, Any]] = {}
+    if out_csv.is_file():
+        try:
+            for row in pd.read_csv(out_csv).to_dict("records"):
+                previous[str(row.get("table_key"))] = row
+        except (OSError, ValueError):
+            previous = {}
+    wanted = [
+        (sc, layer)
+        for sc in run.cfg.saes
+        for layer in run.cfg.layers
+        if (sc.id, layer) in run.sae_keys
+    ]
+    sample_hash = stable_hash(
+        [
+            SAE_TABLE_VERSION,
+            run.activation_key,
+            [
+                (p.dataset.content_hash, p.normal.test[:SAE_TABLE_TEXTS_PER_DATASET])
+                for p in run.plans
+            ],
+        ]
+    )
+    keys = {
+        (sc.id, layer): stable_hash(
+            [run.sae_keys[(sc.id, layer)], layer, run.sae_hooks.get((sc.id, layer)), sample_hash]
+        )
+        for sc, layer in wanted
+    }
+    if all(k in previous for k in keys.values()):
+        return [previous[keys[(sc.id, layer)]] for sc, layer in wanted]
+    if any(sc.train is not None and (sc.id, layer) not in run.saes for sc, layer in wanted):
+        train_run_saes(run)
+
+    texts = [
+        p.dataset.prompts[i] for p in run.plans for i in p.normal.test[:SAE_TABLE_TEXTS_PER_DATASET]
+    ]
+    with run.timer("sae table"):
+        acts = run.read_activations(texts, with_tokens=True)
+        rows = []
+        for sc, layer in wanted:
+            key = keys[(sc.id, layer)]
+            if key in previous:
+                rows.append(previous[key])
+                continue
+            sae = run.sae(sc.id, layer)
+            hook = run.sae_hooks.get((sc.id, layer))
+            la = acts[key_of(hook) if hook else layer]
+            tokens, offsets = _held_out_tokens(la, run.include_special_tokens)
+            row = {
+                "table_key": key,
+                "sae": sc.id,
+                "layer": layer,
+                "hook": hook or f"blocks.{layer}.hook_resid_post",
+                "source": _sae_source(sc),
+                "architecture": sae.cfg.architecture,
+                "d_sae": int(sae.cfg.d_sae),
+            }
+            if hasattr(sae, "encode_pre"):
+                row.update(reconstruction_quality(sae, tokens, offsets))
+            else:  # a streamed SAE: its weights are never held whole, so no reconstruction here
+                row.update(
+                    fvu=float("nan"),
+                    l0=float("nan"),
+                    dead_fraction=float("nan"),
+                    n_tokens=int(tokens.shape[0]),
+                )
+            rows.append(row)
+            log.info(
+                "SAE %s layer %d (%s, %d latents): fvu %.4f, l0 %.1f, dead %.1f%% on %d held-out tokens",
+                sc.id,
+                layer,
+                row["architecture"],
+                row["d_sae"],
+                row["fvu"],
+                row["l0"],
+                100 * row["dead_fraction"],
+                row["n_tokens"],
+            )
+    pd.DataFrame(rows).to_csv(out_csv.with_suffix(".csv.tmp"), index=False)
+    out_csv.with_suffix(".csv.tmp").replace(out_csv)
+    return rows
+
+
+def _held_out_tokens(la: Any, include_special: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens of ``la`` (special ones dropped unless ``include_special``) and their text
+    offsets, capped at ``SAE_TABLE_MAX_TOKENS`` whole texts."""
+    keep = torch.ones(la.tokens.shape[0], dtype=torch.bool)
+    if la.special is not None and not include_special:
+        keep = ~la.special
+    lengths = []
+    for i in range(len(la.offsets) - 1):
+        lengths.append(int(keep[la.offsets[i] : la.offsets[i + 1]].sum()))
+    tokens = la.tokens[keep]
+    offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
+    offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
+    n_texts = int(torch.searchsorted(offsets, SAE_TABLE_MAX_TOKENS, right=True)) - 1
+    n_texts = max(1, n_texts)
+    return tokens[: int(offsets[n_texts])], offsets[: n_texts + 1]
+
+
+def _sae_source(sc: Any) -> str:
+    """Where an SAE of the config comes from, in a few words."""
+    if sc.train is not None:
+        return f"trained here ({sc.train.architecture})"
+    if sc.ihtp is not None:
+        return f"ihtp k={sc.ihtp.k} on {sc.ihtp.dictionary}"
+    if sc.release is not None:
+        return f"release {sc.release} / {sc.sae_id}"
+    return f"folder {sc.path}"
+
+
 def execute_units(
     jobs: Iterator[Job],
     executor: Executor,
@@ -529,6 +776,7 @@ def _run_stages(
         "config_hash": meta["config_hash"],
         "saelab_version": __version__,
         "versions": versions,
+        "pooling_special_tokens": cfg.pooling_special_tokens,
     }
     try:
         with timer("probes"):
@@ -536,6 +784,8 @@ def _run_stages(
             execute_units(jobs, executor, store, run_columns, len(todo), progress)
     finally:
         executor.close()
+
+    sae_table = measure_saes(run, run_dir / "saes.csv") if cfg.saes else []
 
     results, unit_skips = store.collect([u.spec.key for u in units])
     skipped = run.skipped + [Skipped(**s) for s in unit_skips]
@@ -546,7 +796,9 @@ def _run_stages(
         pooling=run.pooling,
         model_id=run.handle.model_id,
         saes={f"{k[0]}@L{k[1]}": v for k, v in run.sae_keys.items()},
+        sae_hooks={f"{k[0]}@L{k[1]}": v for k, v in run.sae_hooks.items()},
         sae_training=run.sae_stats,
+        sae_table=sae_table,
         skipped=[s.as_dict() for s in skipped],
     )
     return RunOutcome(run_dir, results, timer.seconds, len(units), done_before, skipped)

@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from saelab.activations.cache import touch
 from saelab.config import RunConfig, SAEConfig
-from saelab.errors import ConfigError
-from saelab.io import hash_file, stable_hash, write_json_atomic
+from saelab.errors import ConfigError, SAEFileError
+from saelab.io import stable_hash
 from saelab.pipeline.logs import StageTimer
 from saelab.pipeline.plan import split_hash
 from saelab.pipeline.regimes import DatasetPlan
@@ -36,10 +36,10 @@ def sae_layer(sc: SAEConfig, sae: Any) -> int | None:
         return sc.layer
     hook = (getattr(sae.cfg, "metadata", {}) or {}).get("hook_name")
     if hook:
-        from saelab.activations import parse_hook_name
+        from saelab.activations import parse_hook
 
         try:
-            return parse_hook_name(hook)
+            return parse_hook(hook)[0]
         except Exception:
             return None
     return None
@@ -49,44 +49,77 @@ CODE_POOLING_MODES = {"pooled": "code_pooled", "mean": "pool_codes", "max": "max
 """A variant's ``code_pooling`` -> the mode of ``saelab.sae.encode_rows``."""
 
 
-def encode(sae: Any, la: Any, pooling: str, code_poolings: list[str]) -> dict[str, Any]:
+def encode(
+    sae: Any,
+    la: Any,
+    pooling: str,
+    code_poolings: list[str],
+    include_special_tokens: bool = False,
+    device: Any = None,
+) -> dict[str, Any]:
     """Sparse codes [rows, d_sae] of one layer's activations for each code pooling (the per-token
-    poolings share one encoding of every token)."""
+    poolings share one encoding of every token).
+
+    ``sae``: a loaded SAE, a ``StreamedSAE`` or ``SAEFiles`` (``saelab.sae.open_sae_encoder``
+    picks one per run, so one load encodes every dataset; a streamed SAE costs one pass over its
+    encoder weights per call). ``device`` defaults to the SAE's (CPU for a streamed one). Mean and
+    max pooling of codes leave special tokens out unless ``include_special_tokens``.
+    """
     from saelab.sae import encode_rows_multi
 
     modes = [CODE_POOLING_MODES[c] for c in code_poolings]
-    sae_device = next(sae.parameters()).device
-    codes = encode_rows_multi(sae, la, pooling=pooling, modes=modes, device=sae_device)
+    if device is None:
+        device = sae.device if isinstance(getattr(sae, "device", None), torch.device) else "cpu"
+    codes = encode_rows_multi(
+        sae,
+        la,
+        pooling=pooling,
+        modes=modes,
+        device=device,
+        include_special_tokens=include_special_tokens,
+    )
     return {c: codes[CODE_POOLING_MODES[c]] for c in code_poolings}
 
 
 def load_saes(cfg: RunConfig, handle: Any, saes: dict, sae_keys: dict, timer: StageTimer) -> None:
-    """Load every SAE of the config given by ``path`` into ``saes`` / ``sae_keys`` (by id, layer)."""
-    from saelab.sae import load_sae
+    """Load every SAE of the config given by ``path`` or ``release`` into ``saes`` / ``sae_keys``
+    (by id, layer). The key is the SAE's identity (``SAEFiles.identity``): a hash over its format,
+    the converter version and every file that decides its codes (configs and weights)."""
+    from saelab.sae import open_sae, open_sae_encoder
 
     for sc in cfg.saes:
-        if sc.path is None:
+        spec = sc.source_spec()
+        if spec is None:
             continue
         with timer("saes"):
-            sae = load_sae(sc.path, device=str(handle.device))
-        layer = sae_layer(sc, sae)
+            files = open_sae(spec)  # config and tensor shapes checked; weights not read yet
+        layer = sae_layer(sc, files)
         if layer is None:
             raise ConfigError(
-                f"key 'saes.{sc.id}.layer': the SAE at {sc.path} names no hook; set the layer it reads"
+                f"key 'saes.{sc.id}.layer': the SAE at {files.source} names no hook; set the layer it reads"
             )
         if layer not in cfg.layers:
             raise ConfigError(
                 f"key 'saes.{sc.id}.layer': layer {layer} is not in 'layers' {cfg.layers}"
             )
-        if sae.d_in != handle.d_model:
-            raise ConfigError(
-                f"SAE {sc.id} at {sc.path} has d_in {sae.d_in} but {cfg.model.name} has d_model {handle.d_model}"
+        if files.cfg.d_in != handle.d_model:
+            where = files.files[0] if files.files else files.source
+            raise SAEFileError(
+                f"{where}: the SAE's d_in is {files.cfg.d_in} but {cfg.model.name} has d_model "
+                f"{handle.d_model} at layer {layer} (SAE {sc.id}); expected an SAE trained on this model"
             )
-        weights = Path(sc.path)
-        weights = weights / "sae_weights.safetensors" if weights.is_dir() else weights
-        saes[(sc.id, layer)] = sae.eval()
-        sae_keys[(sc.id, layer)] = stable_hash({"weights": hash_file(weights)})
-        log.info("loaded SAE %s for layer %d (d_sae %d) from %s", sc.id, layer, sae.d_sae, sc.path)
+        with timer("saes"):
+            # in memory when its weights fit the budget, else streamed block by block per dataset
+            saes[(sc.id, layer)] = open_sae_encoder(files, device=str(handle.device))
+        sae_keys[(sc.id, layer)] = files.identity
+        log.info(
+            "opened %s SAE %s for layer %d (d_sae %d) from %s",
+            files.format,
+            sc.id,
+            layer,
+            files.cfg.d_sae,
+            files.source,
+        )
 
 
 def train_key(
@@ -98,10 +131,14 @@ def train_key(
     prepared: list[DatasetPlan],
     act_key: dict,
 ) -> str:
-    """Hash of everything that decides a trained SAE: training data, activations, trainer config."""
+    """Hash of everything that decides a trained SAE: training data, activations, the whole
+    training config, the trainer's version and torch's."""
+    from saelab.sae.training import TRAINER_VERSION
+
     return stable_hash(
         {
             "version": SAE_CACHE_VERSION,
+            "trainer": TRAINER_VERSION,
             "train": sc.train.model_dump(mode="json") if sc.train else None,
             "layer": layer,
             "activations": act_key,
@@ -127,7 +164,7 @@ def train_saes(
 ) -> None:
     """Train (or load from the SAE cache) every trained SAE, on training-split tokens only."""
     from saelab.activations import hook_name
-    from saelab.sae import TopKTrainConfig, load_sae, save_sae, train_topk_sae
+    from saelab.sae import load_sae, save_trained, train_sae
 
     todo = []
     for sc, layer in missing:
@@ -176,23 +213,21 @@ def train_saes(
     for sc, layer, folder in todo:
         data = torch.cat(per_layer.pop((sc.id, layer)))
         tc = sc.train
-        d_sae = tc.expansion_factor * handle.d_model
-        train_cfg = TopKTrainConfig(
-            d_sae=d_sae, k=tc.k, lr=tc.lr, batch_size=tc.batch_size, epochs=tc.epochs, seed=tc.seed
-        )
         log.info(
-            "training SAE %s for layer %d: %d tokens, d_sae %d, k %d",
+            "training %s SAE %s for layer %d: %d tokens, d_sae %d",
+            tc.architecture,
             sc.id,
             layer,
             data.shape[0],
-            d_sae,
-            tc.k,
+            tc.resolved_d_sae(handle.d_model),
         )
+        work = folder.with_name(folder.name + ".work")  # checkpoints: a killed run resumes
         with timer("saes"):
-            sae, stats = train_topk_sae(
+            result = train_sae(
                 data,
-                train_cfg,
+                tc,
                 device=str(handle.device),
+                work_dir=work,
                 progress=progress,
                 metadata={
                     "hook_name": hook_name(layer),
@@ -200,8 +235,8 @@ def train_saes(
                     "saelab_sae_id": sc.id,
                 },
             )
-            save_sae(sae, folder)
-        write_json_atomic(folder / "training.json", stats)
+            save_trained(result, folder, work)
+        stats = result.stats
         sae_stats[f"{sc.id}@L{layer}"] = stats
         log.info(
             "SAE %s layer %d: fvu %.4f, l0 %.1f, dead %.1f%% in %.1fs",

@@ -42,6 +42,7 @@ RESULT_COLUMNS: tuple[str, ...] = (
     "layer",
     "hook_name",
     "pooling",
+    "pooling_special_tokens",
     "method",
     "sae",
     "k",

@@ -332,9 +332,45 @@ def run_section(meta: Mapping[str, Any]) -> str:
         )
     else:
         parts.append('<p class="note">No stage timings recorded.</p>')
+    parts.append("<h3>SAEs</h3>")
+    parts.append(sae_table_html(meta.get("sae_table") or []))
     parts.append("<h3>SAE training</h3>")
     parts.append(_sae_training_table(meta.get("sae_training") or {}))
     return "\n".join(parts)
+
+
+SAE_TABLE_COLUMNS = (
+    ("sae", "SAE"),
+    ("layer", "layer"),
+    ("hook", "hook"),
+    ("source", "source"),
+    ("architecture", "architecture"),
+    ("d_sae", "width"),
+    ("l0", "L0"),
+    ("fvu", "FVU"),
+    ("dead_fraction", "dead fraction"),
+    ("n_tokens", "held-out tokens"),
+)
+
+
+def sae_table_html(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The run's SAEs side by side: origin, architecture, width and their FVU, L0 and dead
+    fraction on the same held-out tokens (``saes.csv``)."""
+    if not rows:
+        return '<p class="note">No SAE table recorded for this run.</p>'
+    body = [[fmt_value(r.get(key)) for key, _ in SAE_TABLE_COLUMNS] for r in rows]
+    numeric = [
+        key in {"layer", "d_sae", "l0", "fvu", "dead_fraction", "n_tokens"}
+        for key, _ in SAE_TABLE_COLUMNS
+    ]
+    note = (
+        '<p class="note">FVU, L0 and dead fraction (latents silent on every one of these tokens) '
+        "on the first normal-split test texts of each dataset; NaN for a streamed SAE, whose "
+        "weights are never held whole.</p>"
+    )
+    return (
+        _table([h for _, h in SAE_TABLE_COLUMNS], body, numeric, css_class="data sae-table") + note
+    )
 
 
 def _sae_training_table(stats: Mapping[str, Any]) -> str:

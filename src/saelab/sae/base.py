@@ -326,6 +326,10 @@ class SAE(nn.Module):
 
     architecture: ClassVar[str] = ""
     arch_fields: ClassVar[dict[str, ArchField]] = {}
+    #: True when a token's code depends on the other tokens of its text (use :meth:`encode_texts`).
+    sequence_level: ClassVar[bool] = False
+    #: True when codes can be negative (pursuit encoders); False for ReLU-style codes.
+    signed_codes: ClassVar[bool] = False
 
     W_enc: nn.Parameter
     W_dec: nn.Parameter
@@ -466,6 +470,15 @@ class SAE(nn.Module):
         """Sparse codes. x: ``[..., d_in]`` -> ``[..., d_sae]`` (dense tensor, mostly zeros)."""
         return self.encode_with_state(x)[0]
 
+    def encode_texts(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Codes of the tokens of several texts; text i is ``x[offsets[i]:offsets[i+1]]``.
+
+        Same as :meth:`encode` unless ``sequence_level`` (the codes of a token may depend on the
+        other tokens of its text, as in IHTP). x: ``[T, d_in]``, offsets: ``[n+1]`` int64 ->
+        ``[T, d_sae]``.
+        """
+        return self.encode(x)
+
     def decode(self, f: torch.Tensor, norm_state: NormState = None) -> torch.Tensor:
         """Reconstruction ``[..., d_in]`` from codes ``[..., d_sae]``.
 
@@ -478,6 +491,43 @@ class SAE(nn.Module):
         """Reconstruction ``x^`` ``[..., d_in]`` of ``x`` ``[..., d_in]``."""
         f, state = self.encode_with_state(x)
         return self.decode(f, state)
+
+
+class TiedSAE(SAE):
+    """Base of SAEs whose encoder reads the decoder itself (pursuit encoders: matching pursuit,
+    MP-SAE, IHTP); not registered.
+
+    Parameters: W_dec ``[d_sae, d_in]``, b_dec ``[d_in]``; ``W_enc`` is the read-only view
+    ``W_dec^T`` ``[d_in, d_sae]``. Decoding (SAELens ``MatchingPursuitSAE.decode``):
+
+        x^ = norm_out(f W_dec + b_dec * [apply_b_dec_to_input])
+
+    ``b_dec`` enters the reconstruction only when it was subtracted from the input, since the tied
+    encoder never sees it otherwise.
+    """
+
+    @classmethod
+    def param_shapes(cls, cfg: SAEConfig) -> dict[str, tuple[int, ...]]:
+        return {"W_dec": (cfg.d_sae, cfg.d_in), "b_dec": (cfg.d_in,)}
+
+    @property
+    def W_enc(self) -> torch.Tensor:  # type: ignore[override]
+        """The tied encoder ``W_dec^T`` ``[d_in, d_sae]`` (a view; not a stored tensor)."""
+        return self.W_dec.T
+
+    def decode_raw(self, f: torch.Tensor) -> torch.Tensor:
+        """``f W_dec + b_dec * [apply_b_dec_to_input]``. f: ``[..., d_sae]`` -> ``[..., d_in]``."""
+        out = f @ self.W_dec
+        if self.cfg.apply_b_dec_to_input:
+            out = out + self.b_dec
+        return out
+
+
+def check_k_range(cfg: SAEConfig, source: str) -> None:
+    """Raise SAEFileError unless the architecture field ``k`` is in ``1..d_sae``."""
+    k = cfg.arch["k"]
+    if not 1 <= k <= cfg.d_sae:
+        raise SAEFileError(f"{source}: key 'k' must be in 1..d_sae={cfg.d_sae}, got {k}")
 
 
 # ----- registry ---------------------------------------------------------------------------------

@@ -6,8 +6,7 @@ from typing import ClassVar
 
 import torch
 
-from saelab.errors import SAEFileError
-from saelab.sae.base import REQUIRED, SAE, ArchField, SAEConfig, register_sae
+from saelab.sae.base import REQUIRED, SAE, ArchField, SAEConfig, check_k_range, register_sae
 
 
 @register_sae("topk")
@@ -31,9 +30,7 @@ class TopKSAE(SAE):
 
     @classmethod
     def check_arch(cls, cfg: SAEConfig, source: str) -> None:
-        k = cfg.arch["k"]
-        if not 1 <= k <= cfg.d_sae:
-            raise SAEFileError(f"{source}: key 'k' must be in 1..d_sae={cfg.d_sae}, got {k}")
+        check_k_range(cfg, source)
 
     @property
     def k(self) -> int:
