@@ -142,6 +142,9 @@ def test_run_with_a_sweep_and_ihtp(tmp_path):
     meta3 = json.loads((run_dir / "run.json").read_text("utf-8"))
     assert meta3["saes"]["pursuit@L1"] != keys["pursuit@L1"]
     assert third.n_units_done_before == third.n_units - 1  # only the IHTP unit is recomputed
+    raw["saes"][2]["ihtp"]["k"] = 10**6
+    with pytest.raises(ConfigError, match=r"saes\.pursuit\.ihtp\.k"):
+        run_pipeline(RunConfig.model_validate(raw), run_dir, progress=False)
     # the trained SAEs load back as saved (a folder per key in the cache)
     assert (
         load_sae(next((tmp_path / "cache" / "saes").glob("*/cfg.json")).parent).d_sae == 2 * HIDDEN

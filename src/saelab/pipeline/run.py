@@ -273,6 +273,11 @@ class PreparedRun:
                     "from disk (its weights exceed the memory budget), and IHTP needs it in "
                     "memory; raise SAELAB_SAE_MEMORY_BUDGET (e.g. 16GB) to load it whole"
                 )
+            if not 1 <= sc.ihtp.k <= dictionary.cfg.d_sae:
+                raise ConfigError(
+                    f"key 'saes.{sae_id}.ihtp.k' has value {sc.ihtp.k}; expected 1 ... "
+                    f"{dictionary.cfg.d_sae} (the width of {sc.ihtp.dictionary})"
+                )
             self.saes[key] = IHTPSAE.from_dictionary(dictionary, sc.ihtp.k).eval()
         return self.saes[key]
 
