@@ -130,6 +130,39 @@ class ActivationCache:
         folder = self.root / "activations" / model_slug(handle.model_id)
         return folder / f"{stable_hash(parts, length=24)}.safetensors"
 
+    def _hook_files(
+        self,
+        handle: ModelHandle,
+        texts: list[str],
+        layers: Sequence[int | str],
+        pooling: Pooling,
+        max_length: int | None,
+        keep_tokens: bool,
+        truncation_side: TruncationSide,
+        include_special_tokens: bool,
+    ) -> list[tuple[HookKey, tuple[int, str], str, Path, dict[str, Any]]]:
+        """Per hook of ``layers``: its key, (layer, kind), hook name, cache file and key parts."""
+        limit = resolve_max_length(handle, max_length)
+        texts_hash = hash_texts(texts)
+        out = []
+        for layer, kind in resolve_hooks(handle, layers):
+            name = hook_name(layer, kind)
+            parts = self.key_parts(
+                handle,
+                texts_hash,
+                len(texts),
+                name,
+                pooling,
+                limit,
+                truncation_side,
+                keep_tokens,
+                include_special_tokens,
+            )
+            out.append(
+                (hook_key(layer, kind), (layer, kind), name, self.path_for(handle, parts), parts)
+            )
+        return out
+
     def has(
         self,
         handle: ModelHandle,
@@ -143,22 +176,17 @@ class ActivationCache:
     ) -> bool:
         """True when every hook's file is stored with matching key parts (the header only is
         read; the tensors and their digest are checked when :meth:`get_or_extract` reads them)."""
-        texts = list(texts)
-        limit = resolve_max_length(handle, max_length)
-        texts_hash = hash_texts(texts)
-        for layer, kind in resolve_hooks(handle, layers):
-            parts = self.key_parts(
-                handle,
-                texts_hash,
-                len(texts),
-                hook_name(layer, kind),
-                pooling,
-                limit,
-                truncation_side,
-                keep_tokens,
-                include_special_tokens,
-            )
-            path = self.path_for(handle, parts)
+        files = self._hook_files(
+            handle,
+            list(texts),
+            layers,
+            pooling,
+            max_length,
+            keep_tokens,
+            truncation_side,
+            include_special_tokens,
+        )
+        for _, _, _, path, parts in files:
             try:
                 with safe_open(str(path), framework="pt", device="cpu") as fh:
                     stored = json.loads((fh.metadata() or {}).get(_META_KEY, "null"))
@@ -190,26 +218,21 @@ class ActivationCache:
         if pooling not in ("last", "mean"):
             raise ConfigError(f"pooling must be 'last' or 'mean', got {pooling!r}")
         texts = list(texts)
-        points = resolve_hooks(handle, layers)
-        wanted = [hook_key(layer, kind) for layer, kind in points]
         limit = resolve_max_length(handle, max_length)
-        texts_hash = hash_texts(texts)
+        files = self._hook_files(
+            handle,
+            texts,
+            layers,
+            pooling,
+            max_length,
+            keep_tokens,
+            truncation_side,
+            include_special_tokens,
+        )
+        wanted = [key for key, _, _, _, _ in files]
         found: dict[HookKey, LayerActivations] = {}
         todo: dict[HookKey, tuple[str, Path, dict[str, Any]]] = {}
-        for (layer, kind), key in zip(points, wanted, strict=True):
-            name = hook_name(layer, kind)
-            parts = self.key_parts(
-                handle,
-                texts_hash,
-                len(texts),
-                name,
-                pooling,
-                limit,
-                truncation_side,
-                keep_tokens,
-                include_special_tokens,
-            )
-            path = self.path_for(handle, parts)
+        for key, _, name, path, parts in files:
             acts = self._read(path, parts, len(texts), handle.d_model, keep_tokens)
             if acts is None:
                 todo[key] = (name, path, parts)
