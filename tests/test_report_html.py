@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import html
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from browser import open_in_chromium
 from report_fixtures import synthetic_results
 from saelab.cli import main
 from saelab.errors import SaelabError
@@ -101,65 +99,12 @@ def test_build_report_writes_tables_plots_and_html(built):
     assert "saelab 0.1.0" in text.split("<footer>")[1]
 
 
-def _chromium() -> str | None:
-    found = shutil.which("chromium")
-    if found:
-        return found
-    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
-
-
-_CHECK_SCRIPT = """
-<script>
-window.addEventListener("load", function () {
-  var images = Array.prototype.slice.call(document.images);
-  var fetched = performance.getEntriesByType("resource")
-    .map(function (e) { return e.name; })
-    .filter(function (name) { return name.indexOf("data:") !== 0; });
-  var out = document.createElement("pre");
-  out.id = "saelab-check";
-  out.textContent = JSON.stringify({
-    loaded: images.map(function (i) { return i.complete && i.naturalWidth > 0; }),
-    widths: images.map(function (i) { return i.naturalWidth; }),
-    tables: document.querySelectorAll("table").length,
-    fetched: fetched
-  });
-  document.body.appendChild(out);
-});
-</script>
-"""
-
-
 def test_report_renders_in_chromium(built, tmp_path):
     """Every embedded figure decodes in a real browser, with the network unreachable."""
-    chromium = _chromium()
-    if chromium is None:
-        if os.environ.get("SAELAB_BROWSER_TEST") == "required":
-            pytest.fail("chromium is not installed and SAELAB_BROWSER_TEST=required (make browser)")
-        pytest.skip("chromium is not installed (run `make browser`, or `make test`)")
     _, report, _ = built
     text = report.read_text("utf-8")
-    copy = tmp_path / "check.html"
-    copy.write_text(text.replace("</body>", _CHECK_SCRIPT + "</body>"), "utf-8")
-    cmd = [
-        chromium,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--host-resolver-rules=MAP * ~NOTFOUND",
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "--virtual-time-budget=10000",
-        "--dump-dom",
-        copy.as_uri(),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    match = re.search(r'<pre id="saelab-check">(.*?)</pre>', done.stdout, re.S)
-    assert match, f"no check output (rc {done.returncode}): {done.stderr[-2000:]}"
-    check = json.loads(html.unescape(match.group(1)))
+    check, _ = open_in_chromium(report, tmp_path)
+    assert check["errors"] == []
     assert len(check["loaded"]) == len(FIGURE_NAMES)
     assert all(check["loaded"]), check
     assert min(check["widths"]) > 200

@@ -111,6 +111,18 @@ def build_tiny_model(folder: Path, arch: str, seed: int = 0) -> Path:
     return folder
 
 
+def build_tiny_causal_lm(folder: Path, arch: str, seed: int = 0) -> Path:
+    """A tiny random decoder *with* its LM head (``AutoModelForCausalLM``), saved with its tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(tiny_config(arch))
+    model.save_pretrained(folder)
+    tiny_tokenizer(arch).save_pretrained(folder)
+    return folder
+
+
 def write_word_dataset(path, n: int, seed: int) -> None:
     """Sentences of random words; the label is decided by the last word (first or second half of WORDS)."""
     rng = np.random.default_rng(seed)

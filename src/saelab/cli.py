@@ -1,4 +1,5 @@
-"""Command line: ``saelab run``, ``report``, ``compare``, ``datasets``, ``cache`` and ``sae train``."""
+"""Command line: ``saelab run``, ``report``, ``compare``, ``datasets``, ``cache``, ``sae train``,
+``eval``, ``merge`` and ``eval-schema``."""
 
 from __future__ import annotations
 
@@ -79,7 +80,7 @@ def run(
     stages = ", ".join(f"{k} {v:.1f}s" for k, v in outcome.timings.items())
     console.print(
         f"{len(outcome.results)} rows from {outcome.n_units} units "
-        f"({outcome.n_units_done_before} reused) in {time.perf_counter() - start:.1f}s [{stages}]"
+        f"({outcome.n_units_done_before} reused) in {time.perf_counter() - start:.1f}s \\[{stages}]"
     )
     console.print(
         f"results: {run_dir / 'results.parquet'} and results.csv; config and timings: run.json"
@@ -275,6 +276,108 @@ def sae_train(
             f"{s['seconds']:.0f}",
         )
     console.print(table)
+
+
+@app.command("eval")
+def eval_(
+    config: Annotated[
+        Path, typer.Argument(help="YAML: model, hook, saes, evals (saelab.config.EvalConfig)")
+    ],
+    stage: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stage",
+            help="setup | core | sparse_probing | absorption | compare | merge | visualize | all "
+            "(repeatable; default all)",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="output folder (default: runs/<name>); rerunning resumes it"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config key: --set heldout.max_tokens=50000"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """Evaluate SAEs: core metrics and splicing, sparse probing, absorption, comparison, report."""
+    from saelab.config import load_eval_config
+    from saelab.evals.runner import run_eval
+
+    cfg = load_eval_config(config, set_ or [])
+    folder = out or Path("runs") / cfg.name
+    start = time.perf_counter()
+    run = run_eval(cfg, folder, stage, progress=progress)
+    merged = folder / "merged.csv"
+    if merged.is_file() and (not stage or {"merge", "all"} & set(stage)):
+        _print_merged(pd.read_csv(merged))
+    if (folder / "comparison.csv").is_file() and (not stage or {"compare", "all"} & set(stage)):
+        from saelab.evals.architectures import print_architecture_comparison
+
+        print_architecture_comparison(pd.read_csv(folder / "comparison.csv"), console)
+    stages = ", ".join(f"{k} {v:.1f}s" for k, v in run.timer.seconds.items())
+    console.print(f"{folder} in {time.perf_counter() - start:.1f}s \\[{stages}]")
+    if (folder / "report" / "report.html").is_file():
+        console.print(f"report: {folder / 'report' / 'report.html'}", soft_wrap=True)
+
+
+def _print_merged(merged: pd.DataFrame) -> None:
+    """One line per SAE: its headline metrics."""
+    cols = [
+        ("core.l0", "L0", ".1f"),
+        ("core.explained_variance", "EV", ".4f"),
+        ("core.ce_loss_score", "CE score", ".4f"),
+        ("core.pooled_cossim_score", "cos score", ".4f"),
+        ("sparse_probing.sae_top_1_test_accuracy", "top-1 acc", ".4f"),
+        ("sparse_probing.sae_top_5_test_accuracy", "top-5 acc", ".4f"),
+        ("absorption.mean_absorption_fraction_score", "absorption", ".4f"),
+    ]
+    cols = [c for c in cols if c[0] in merged.columns]
+    table = Table(title="SAE evaluation")
+    for name in ("sae", "architecture", "d_sae"):
+        table.add_column(name)
+    for _, label, _ in cols:
+        table.add_column(label, justify="right")
+    for row in merged.to_dict("records"):
+        cells = [str(row["sae"]), str(row["architecture"]), str(row["d_sae"])]
+        for col, _, spec in cols:
+            value = row.get(col)
+            cells.append("-" if value is None or pd.isna(value) else format(float(value), spec))
+        table.add_row(*cells)
+    console.print(table)
+
+
+@app.command()
+def merge(
+    paths: Annotated[list[Path], typer.Argument(help="eval result JSON files or folders of them")],
+    out: Annotated[
+        Path, typer.Option("--out", help="merged table (.csv or .parquet); details.parquet beside")
+    ] = Path("merged.csv"),
+) -> None:
+    """Join eval result envelopes into one table (one row per SAE, <eval>.<metric> columns)."""
+    from saelab.evals.runner import write_merged
+
+    wide = write_merged(paths, out)
+    _print_merged(wide)
+    console.print(f"merged {len(wide)} SAEs: {out}")
+
+
+@app.command("eval-schema")
+def eval_schema(
+    out: Annotated[Path | None, typer.Option("--out", help="write to this file")] = None,
+) -> None:
+    """The JSON schema of eval result envelopes (generated from the pydantic models)."""
+    import json
+
+    from saelab.evals.envelope import envelope_schema
+    from saelab.io import write_text_atomic
+
+    text = json.dumps(envelope_schema(), indent=2, sort_keys=True) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        write_text_atomic(out, text)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -27,6 +27,7 @@ from saelab.names import BASELINES, SETTINGS
 from saelab.sae.training.config import SAETrainConfig
 
 PAPER_KS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class _Section(BaseModel):
@@ -288,7 +289,40 @@ class RayConfig(_Section):
     num_cpus: int | None = Field(None, ge=1, description="CPUs of a local Ray (default: all)")
 
 
-class RunConfig(_Section):
+class _WithSAEs(_Section):
+    """A config with a ``saes`` list: sweep entries expanded, ids unique, IHTP dictionaries known."""
+
+    saes: list[SAEConfig]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_sweeps(cls, data: Any) -> Any:
+        """Replace each ``saes`` entry that has a ``sweep`` by one entry per point of it."""
+        if isinstance(data, dict) and isinstance(data.get("saes"), list):
+            data = {**data, "saes": expand_sae_sweeps(data["saes"])}
+        return data
+
+    @model_validator(mode="after")
+    def _unique_sae_ids(self) -> _WithSAEs:
+        ids = [s.id for s in self.saes]
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        if dup:
+            raise ValueError(f"SAE ids must be unique; repeated: {dup}")
+        by_id = {s.id: s for s in self.saes}
+        for s in self.saes:
+            if s.ihtp is None:
+                continue
+            base = by_id.get(s.ihtp.dictionary)
+            if base is None or base.ihtp is not None:
+                raise ValueError(
+                    f"SAE {s.id}: 'ihtp.dictionary' is {s.ihtp.dictionary!r}; expected the id of "
+                    f"a trained or loaded SAE of this config, one of "
+                    f"{sorted(i for i, b in by_id.items() if b.ihtp is None)}"
+                )
+        return self
+
+
+class RunConfig(_WithSAEs):
     """A whole run: model, layers, datasets, SAEs, probes, and who runs the probe units."""
 
     name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -376,33 +410,6 @@ class RunConfig(_Section):
         which = getattr(self.regimes, setting).sae_variants
         which = which or ("all" if setting == "normal" else "primary")
         return list(self.probes.sae_variants) if which == "all" else [self.probes.sae_variants[0]]
-
-    @model_validator(mode="after")
-    def _unique_sae_ids(self) -> RunConfig:
-        ids = [s.id for s in self.saes]
-        dup = sorted({i for i in ids if ids.count(i) > 1})
-        if dup:
-            raise ValueError(f"SAE ids must be unique; repeated: {dup}")
-        by_id = {s.id: s for s in self.saes}
-        for s in self.saes:
-            if s.ihtp is None:
-                continue
-            base = by_id.get(s.ihtp.dictionary)
-            if base is None or base.ihtp is not None:
-                raise ValueError(
-                    f"SAE {s.id}: 'ihtp.dictionary' is {s.ihtp.dictionary!r}; expected the id of "
-                    f"a trained or loaded SAE of this run, one of "
-                    f"{sorted(i for i, b in by_id.items() if b.ihtp is None)}"
-                )
-        return self
-
-    @model_validator(mode="before")
-    @classmethod
-    def _expand_sweeps(cls, data: Any) -> Any:
-        """Replace each ``saes`` entry that has a ``sweep`` by one entry per point of it."""
-        if isinstance(data, dict) and isinstance(data.get("saes"), list):
-            data = {**data, "saes": expand_sae_sweeps(data["saes"])}
-        return data
 
 
 def expand_sae_sweeps(entries: list[Any]) -> list[Any]:
@@ -631,6 +638,14 @@ class SAETrainRunConfig(_Section):
         None, ge=1000, description="activation tokens collected (default: the SAEs' largest)"
     )
     seed: int = Field(0, description="order in which texts are read")
+    rows: Literal["all", "train"] = Field(
+        "all",
+        description=(
+            "rows of the bundled datasets used: all, or only their normal-split training rows "
+            "(split with 'split_seed'), so their test rows stay held out for evaluation"
+        ),
+    )
+    split_seed: int = Field(42, description="seed of the normal split when rows is 'train'")
     saes: dict[_SAEId, SAETrainConfig] = Field(
         ..., min_length=1, description="SAE id -> its training config"
     )
@@ -652,6 +667,12 @@ def load_sae_train_config(
     path: str | Path, overrides: list[str] | None = None
 ) -> SAETrainRunConfig:
     """Read and validate the YAML config of ``saelab sae train``; errors name the key."""
+    return _load_yaml_model(SAETrainRunConfig, path, overrides)
+
+
+def _load_yaml_model(model: type[_M], path: str | Path, overrides: list[str] | None) -> _M:
+    """``model`` validated from the YAML mapping in ``path`` with ``--set`` overrides applied;
+    errors name the file and the key."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
@@ -663,6 +684,160 @@ def load_sae_train_config(
         raise ConfigError(f"config {p} must be a mapping of keys, got {type(data).__name__}")
     data = apply_overrides(data, overrides or [])
     try:
-        return SAETrainRunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(exc, str(p))) from None
+
+
+# ----- saelab eval: the SAE evaluation suite ---------------------------------------------------
+EvalName = Literal["core", "sparse_probing", "absorption"]
+EVALS: tuple[str, ...] = ("core", "sparse_probing", "absorption")
+"""The evaluations of ``saelab eval``, in the order they run."""
+
+QUICKSTART_DATASETS = (
+    "5_hist_fig_ismale",
+    "21_headline_istrump",
+    "52_virtue_is",
+    "54_cs_tf",
+    "66_living-room",
+    "87_glue_cola",
+    "105_click_bait",
+    "114_nyc_borough_Manhattan",
+)
+
+
+class TextSourceConfig(_Section):
+    """Texts: the normal-split rows of bundled datasets (by name, or ``all``) and text files."""
+
+    datasets: list[str] = Field(
+        default_factory=lambda: list(QUICKSTART_DATASETS),
+        description="bundled dataset names (or 'all'); training uses their normal-split training "
+        "rows, evaluation their test rows",
+    )
+    files: list[TextFileConfig] = Field(default_factory=list, description="text files")
+    max_rows: int = Field(5000, ge=10, description="rows read from each bundled dataset")
+    max_tokens: int | None = Field(None, ge=100, description="cap on non-special tokens")
+
+
+class CoreEvalConfig(_Section):
+    """``core``: reconstruction / sparsity metrics and splicing fidelity on held-out tokens."""
+
+    batch_size: int = Field(4096, ge=16, description="tokens per batch (legacy EV is per batch)")
+    dense_threshold: float = Field(0.1, gt=0, le=1, description="firing rate of a dense latent")
+    splice: bool = Field(True, description="splice the reconstruction into the forward pass")
+    splice_max_texts: int = Field(
+        1000, ge=1, description="held-out texts run with the splice (3 forward passes each)"
+    )
+
+
+class SparseProbingEvalConfig(_Section):
+    """``sparse_probing``: SAEBench's k-sparse probes and the paper's k sweep (probe engine)."""
+
+    datasets: list[str] = Field(
+        default_factory=lambda: list(QUICKSTART_DATASETS),
+        description="bundled dataset names (or 'all' for the 113) or CSV / Parquet files",
+    )
+    ks: list[int] = Field(
+        default_factory=lambda: [1, 2, 5], description="SAEBench top-k by mean difference"
+    )
+    paper_ks: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64, 128],
+        description="the paper's k sweep, through the probe engine (L1 probes on top-k latents)",
+    )
+    max_rows: int = Field(5000, ge=10, description="rows read from each dataset")
+    max_train: int = Field(1024, ge=4, description="normal-split training rows (paper: 1024)")
+    max_test: int | None = Field(
+        1000, ge=1, description="cap on test rows (SAEBench: 1000 per task); null for all"
+    )
+
+    @field_validator("ks", "paper_ks")
+    @classmethod
+    def _ks(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k < 1 for k in ks):
+            raise ValueError("expected a non-empty list of ks >= 1")
+        return sorted(set(ks))
+
+
+class AbsorptionEvalConfig(_Section):
+    """``absorption``: SAEBench's first-letter absorption (whole-word tokens only)."""
+
+    seed: int = Field(42, description="seed of the word split")
+    min_probe_f1: float = Field(
+        0.6,
+        gt=0,
+        le=1,
+        description="a letter counts when the model's own first-letter probe reaches this test F1 "
+        "(SAEBench: 0.6); with fewer than 20 such letters the eval is skipped, with the reason",
+    )
+    max_words_per_letter: int = Field(250, ge=20, description="words drawn per first letter")
+    icl_examples: int | None = Field(
+        None, ge=0, description="in-context examples per prompt (default: 10 decoders, 0 encoders)"
+    )
+
+
+class ComparisonConfig(_Section):
+    """Architecture comparison over the sparse-probing datasets (the paper's section 6)."""
+
+    ks: list[int] | None = Field(None, description="ks compared (default: every paper k)")
+    n_boot: int = Field(2000, ge=100, description="paired bootstrap draws")
+    alpha: float = Field(0.05, gt=0, lt=1, description="level after the Holm correction")
+
+
+class EvalConfig(_WithSAEs):
+    """``saelab eval CONFIG``: one model, one hook, a list of SAEs (trained here, loaded, derived,
+    or a training sweep), and the evaluations to run on each."""
+
+    name: str = Field("sae_eval", pattern=r"^[A-Za-z0-9_.\-]+$")
+    seed: int = 42
+    cache_dir: str | None = Field(None, description="cache folder (default: $SAELAB_CACHE)")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    hook: str | int = Field(
+        "blocks.4.hook_resid_post",
+        description="blocks.L.hook_resid_post | hook_mlp_out | hook_attn_out, or a layer number",
+    )
+    saes: list[SAEConfig] = Field(..., min_length=1, description="the SAEs to evaluate")
+    train: TextSourceConfig = Field(
+        default_factory=lambda: TextSourceConfig(max_tokens=200_000),
+        description="texts the SAEs with 'train' learn from (bundled datasets: training rows)",
+    )
+    heldout: TextSourceConfig = Field(
+        default_factory=lambda: TextSourceConfig(max_tokens=100_000),
+        description="held-out texts of the core eval (bundled datasets: test rows)",
+    )
+    evals: list[EvalName] = Field(
+        default_factory=lambda: list(EVALS), min_length=1, description="evaluations to run"
+    )
+    core: CoreEvalConfig = Field(default_factory=CoreEvalConfig)
+    sparse_probing: SparseProbingEvalConfig = Field(default_factory=SparseProbingEvalConfig)
+    absorption: AbsorptionEvalConfig = Field(default_factory=AbsorptionEvalConfig)
+    comparison: ComparisonConfig = Field(default_factory=ComparisonConfig)
+    executor: Literal["local", "serial", "ray"] = Field(
+        "local", description="where the probe engine runs its units"
+    )
+    workers: int | None = Field(None, ge=1, description="processes of the local executor")
+
+    @field_validator("evals")
+    @classmethod
+    def _evals_order(cls, evals: list[str]) -> list[str]:
+        return [e for e in EVALS if e in evals]
+
+    @model_validator(mode="after")
+    def _check(self) -> EvalConfig:
+        from saelab.activations import parse_hook
+
+        try:
+            parse_hook(self.hook)
+        except ConfigError as exc:
+            raise ValueError(f"key 'hook': {exc}") from None
+        if not self.heldout.datasets and not self.heldout.files:
+            raise ValueError("key 'heldout': give 'datasets' and/or 'files'")
+        if any(s.train is not None for s in self.saes) and not (
+            self.train.datasets or self.train.files
+        ):
+            raise ValueError("key 'train': SAEs with 'train' need texts ('datasets' / 'files')")
+        return self
+
+
+def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
+    """Read and validate the YAML config of ``saelab eval``; errors name the file and key."""
+    return _load_yaml_model(EvalConfig, path, overrides)

@@ -31,3 +31,7 @@ class ProbeDataError(SaelabError, ValueError):
     Also a ``ValueError``, so scikit-learn utilities that expect one (e.g. ``check_estimator``)
     recognise it.
     """
+
+
+class ResultFileError(SaelabError):
+    """An evaluation result file is unreadable, not JSON, or not a saelab eval envelope."""

@@ -44,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 import torch
@@ -370,3 +370,154 @@ def run_until_captured(model: nn.Module, **inputs: object) -> None:
     """Call ``model(**inputs)``; the early-stop signal of :func:`capture_hooks` ends it."""
     with contextlib.suppress(_StopForward):
         model(**inputs)
+
+
+@dataclass
+class HookReplacement:
+    """What :func:`replace_hook` splices into the forward pass; set between passes.
+
+    Attributes:
+        hook: the hook name, ``blocks.{L}.hook_{kind}``.
+        fn: maps the hook's value at the chosen positions, ``[n, d]``, to its replacement
+            ``[n, d]`` (cast back to the value's dtype and device); None leaves the pass clean
+            (the hooks then only follow the value).
+        positions: ``[B, S]`` bool, the positions to replace (the others keep their clean value);
+            None replaces every position. ``fn`` receives the rows in row-major ``(b, s)`` order,
+            so the positions of one sequence are contiguous.
+        passes: forward passes through the hooked block so far.
+    """
+
+    hook: str
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+    positions: torch.Tensor | None = None
+    passes: int = 0
+    end: nn.Module | None = field(default=None, repr=False)
+    """The module whose output is the hook value (the block, the sublayer or its last follower),
+    learned in the first pass."""
+
+    def splice(self, value: torch.Tensor) -> torch.Tensor:
+        """A new ``[B, S, d]`` tensor: ``fn(value[positions])`` at ``positions``, else ``value``."""
+        if value.ndim != 3:
+            raise ModelError(
+                f"{self.hook} has shape {tuple(value.shape)}, expected [batch, tokens, d_model]"
+            )
+        mask = self.positions
+        if mask is None:
+            mask = torch.ones(value.shape[:2], dtype=torch.bool, device=value.device)
+        if tuple(mask.shape) != tuple(value.shape[:2]):
+            raise ConfigError(
+                f"positions to replace at {self.hook} have shape {tuple(mask.shape)}, expected "
+                f"[batch, tokens] = {tuple(value.shape[:2])}"
+            )
+        mask = mask.to(device=value.device, dtype=torch.bool)
+        out = value.clone()
+        n = int(mask.sum())
+        if n and self.fn is not None:
+            new = self.fn(value[mask])
+            if tuple(new.shape) != (n, value.shape[-1]):
+                raise ConfigError(
+                    f"replacement at {self.hook} has shape {tuple(new.shape)}, expected "
+                    f"[positions, d_model] = {(n, value.shape[-1])}"
+                )
+            out[mask] = new.to(device=value.device, dtype=value.dtype)
+        return out
+
+
+def _with_first(output: object, value: torch.Tensor) -> object:
+    """``output`` with its hidden state (the tensor or a sequence's first element) set to ``value``."""
+    if isinstance(output, torch.Tensor):
+        return value
+    if isinstance(output, tuple):
+        return (value, *output[1:])
+    return [value, *output[1:]]  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def replace_hook(
+    blocks: nn.ModuleList,
+    hook: int | str,
+    fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    positions: torch.Tensor | None = None,
+) -> Iterator[HookReplacement]:
+    """Replace the value at ``hook`` with ``fn`` of it at ``positions`` in every forward pass.
+
+    The value is exactly what :func:`capture_hooks` reads (module docstring): the block's hidden
+    state for ``resid_post``; for ``attn_out`` / ``mlp_out`` the sublayer's output, followed
+    through every norm or dropout called on exactly it (Gemma-2's post-norms). Which module ends
+    that chain is learned in the first forward pass of the context; until then each step of the
+    chain is replaced, and a follower called on a replaced value is handed the clean value
+    instead, so ``fn`` may run more than once in that pass (the last result is the one used; a
+    first pass with ``fn=None`` learns the chain without calling ``fn``). From then on ``fn`` runs
+    once per pass, on the value of the chain's end. Yields the :class:`HookReplacement`, whose
+    ``fn`` and ``positions`` may be changed between passes. Hooks are removed on exit.
+    """
+    layer, kind = parse_hook(hook)
+    if layer >= len(blocks):
+        raise ModelError(f"layer {layer} out of range: the model has {len(blocks)} blocks")
+    state = HookReplacement(hook=hook_name(layer, kind), fn=fn, positions=positions)
+    block = blocks[layer]
+    cur: dict[str, Any] = {}  # this pass: orig (clean value), repl, last (its module), pending
+    handles = []
+
+    def replace_at(module: nn.Module, output: object) -> object:
+        value = block_output(output)
+        cur.update(orig=value, repl=None, last=module)
+        if state.fn is None or state.end not in (None, module):
+            return None
+        cur["repl"] = state.splice(value)
+        return _with_first(output, cur["repl"])
+
+    def follower_pre(module: nn.Module, args: tuple, kwargs: dict) -> object:
+        first = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        if first is None or "orig" not in cur:
+            return None
+        if first is cur["repl"]:  # called on our replacement: give it the clean value
+            cur["pending"] = module
+            orig = cur["orig"]
+            return (
+                tuple(orig if a is first else a for a in args),
+                {k: orig if v is first else v for k, v in kwargs.items()},
+            )
+        if first is cur["orig"]:
+            cur["pending"] = module
+        return None
+
+    def follower_hook(module: nn.Module, _args: tuple, _kwargs: dict, output: object) -> object:
+        if cur.get("pending") is not module:
+            return None
+        cur["pending"] = None
+        if block_output(output) is cur["orig"]:  # passes its input through (dropout in eval)
+            return None if cur["repl"] is None else _with_first(output, cur["repl"])
+        return replace_at(module, output)
+
+    def block_hook(module: nn.Module, _inputs: object, output: object) -> object:
+        state.passes += 1
+        if kind == "resid_post":
+            state.end = module
+            if state.fn is None:
+                return None
+            return _with_first(output, state.splice(block_output(output)))
+        last = cur.get("last")
+        cur.clear()
+        if last is None:
+            raise ModelError(f"the sublayer of {state.hook} did not run in the forward pass")
+        if state.end is None:
+            state.end = last
+        elif last is not state.end:
+            raise ModelError(f"{state.hook} was read from another module than in the first pass")
+        return None
+
+    try:
+        handles.append(block.register_forward_pre_hook(lambda *_: cur.clear()))
+        if kind != "resid_post":
+            site = find_sublayer(block, kind)
+            handles.append(site.source.register_forward_hook(lambda m, _i, o: replace_at(m, o)))
+            for module in site.followers:
+                handles.append(module.register_forward_pre_hook(follower_pre, with_kwargs=True))
+                handles.append(module.register_forward_hook(follower_hook, with_kwargs=True))
+        handles.append(block.register_forward_hook(block_hook))
+        yield state
+    finally:
+        for handle in handles:
+            handle.remove()
+        cur.clear()

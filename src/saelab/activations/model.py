@@ -68,6 +68,9 @@ class ModelHandle:
         d_model: width of the residual stream.
         is_decoder: True for causal (decoder-only) models, False for bidirectional encoders.
         device, dtype: where and in which precision the forward pass runs.
+        has_lm_head: True when ``model`` is the checkpoint's causal-LM class
+            (``load_model(lm_head=True)``), whose output has ``logits``; its blocks and hidden
+            states are those of the base model inside it.
     """
 
     model: nn.Module
@@ -79,6 +82,7 @@ class ModelHandle:
     is_decoder: bool
     device: torch.device
     dtype: torch.dtype
+    has_lm_head: bool = False
 
     def check_layer(self, layer: int | str) -> int:
         """``layer`` as an int in ``0 .. n_layers - 1`` (hook names accepted), else ModelError."""
@@ -121,13 +125,16 @@ def load_model(
     device: str = "auto",
     dtype: str = "auto",
     trust_remote_code: bool = False,
+    lm_head: bool = False,
 ) -> ModelHandle:
     """Load a base model (``AutoModel``, no LM head) and its tokenizer from a folder or the hub.
 
     ``device="auto"`` picks cuda, then mps, then cpu. ``dtype="auto"`` is bfloat16 on cuda when
     supported (else float16) and float32 on cpu/mps; "float32", "bfloat16", "float16" are explicit.
+    With ``lm_head``, a checkpoint with a causal-LM head (:func:`has_causal_lm_head`) is loaded
+    with ``AutoModelForCausalLM`` instead (``handle.has_lm_head``); others load as without it.
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
     torch_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, torch_device)
@@ -149,8 +156,9 @@ def load_model(
             f"{where} is an encoder-decoder model ({config.model_type}); saelab reads the residual "
             "stream of decoder-only or encoder-only models"
         )
+    with_head = lm_head and has_causal_lm_head(config)
     try:
-        model = AutoModel.from_pretrained(
+        model = (AutoModelForCausalLM if with_head else AutoModel).from_pretrained(
             where,
             config=config,
             revision=revision,
@@ -184,6 +192,7 @@ def load_model(
         is_decoder=is_causal_model(model),
         device=torch_device,
         dtype=torch_dtype,
+        has_lm_head=with_head,
     )
     log.info(
         "loaded %s (%s): %d blocks, d_model %d, %s, %s on %s",
@@ -196,6 +205,21 @@ def load_model(
         torch_device,
     )
     return handle
+
+
+def has_causal_lm_head(config: Any) -> bool:
+    """True when the checkpoint's ``config.architectures`` names a causal-LM class (one of
+    ``transformers``' ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``, or a ``*ForCausalLM`` /
+    ``*LMHeadModel`` remote class), i.e. its weights hold an LM head; encoders (``BertModel``,
+    ``BertForMaskedLM``) and base-model checkpoints (``GPT2Model``) do not."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    names = getattr(config, "architectures", None) or []
+    return any(
+        isinstance(n, str) and (n in causal or n.endswith(("ForCausalLM", "LMHeadModel")))
+        for n in names
+    )
 
 
 def resolve_device(device: str) -> torch.device:

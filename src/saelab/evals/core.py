@@ -140,15 +140,30 @@ def core_metrics(
     tokens: torch.Tensor,
     batch_size: int = 4096,
     dense_threshold: float = 0.1,
+    offsets: torch.Tensor | None = None,
 ) -> dict[str, float | list[float]]:
     """Core reconstruction and sparsity metrics of ``sae`` on ``tokens`` ``[T, d_in]`` (held out:
     never trained on; special tokens already removed), in batches of ``batch_size`` tokens.
 
     The reconstruction is ``decode(encode(x))`` in the input's units (the normalisation state of
-    ``encode_with_state`` is undone), as the SAE would be spliced into the model.
+    ``encode_with_state`` is undone), as the SAE would be spliced into the model. A sequence-level
+    SAE (IHTP: a token's code depends on its text) needs the text boundaries ``offsets``
+    ``[n_texts + 1]``; its batches are whole texts of about ``batch_size`` tokens.
     """
+    from saelab.sae.quality import text_chunks
+
     acc = CoreAccumulator(sae.d_sae, dense_threshold=dense_threshold)
     rows = max(1, min(batch_size, (1 << 24) // max(1, sae.d_sae)))
+    if getattr(sae, "sequence_level", False):
+        if offsets is None:
+            raise ValueError("a sequence-level SAE needs the text offsets of the tokens")
+        for start, stop in text_chunks(offsets, batch_size):
+            x = tokens[start:stop].to(sae.device, sae.dtype)
+            _, state = sae.preprocess(x)
+            local = offsets[(offsets >= start) & (offsets <= stop)] - start
+            f = sae.encode_texts(x, local)
+            acc.update(x, sae.decode(f, state), f.to_sparse())
+        return acc.result()
     # the legacy explained variance is defined per batch: keep batches of batch_size tokens and
     # split only the encoding when the dense code block would be too large
     for start in range(0, tokens.shape[0], batch_size):

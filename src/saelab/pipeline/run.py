@@ -38,6 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from saelab import __version__
+from saelab.activations.cache import tensors_digest
 from saelab.config import RunConfig
 from saelab.errors import ConfigError, SaelabError
 from saelab.io import stable_hash, write_json_atomic
@@ -121,8 +122,13 @@ def probe_device(cfg: RunConfig) -> str:
     return device
 
 
-def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> RunOutcome:
+def run_pipeline(
+    cfg: RunConfig, run_dir: Path, progress: bool = True, prepared: PreparedRun | None = None
+) -> RunOutcome:
     """Run (or resume) the whole pipeline for ``cfg`` in ``run_dir``.
+
+    ``prepared``: a :func:`prepare_run` of the same ``cfg`` to use instead of preparing one (a
+    caller that reads the same activations or codes afterwards, e.g. with ``code_memo`` set).
 
     ``run.json`` is rewritten at the start and at the end of every invocation, with its status
     (``running``, ``complete``, ``interrupted`` or ``failed`` with the error) and the history of
@@ -151,7 +157,9 @@ def run_pipeline(cfg: RunConfig, run_dir: Path, progress: bool = True) -> RunOut
     meta["invocations"] = history
     write_json_atomic(run_json, meta)
     try:
-        outcome = _run_stages(cfg, run_dir, progress, timer, store, meta, cache_root, versions)
+        outcome = _run_stages(
+            cfg, run_dir, progress, timer, store, meta, cache_root, versions, prepared
+        )
     except BaseException as exc:
         status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         _finish(
@@ -215,6 +223,10 @@ def _resolve_pooling(cfg: RunConfig, handle: Any) -> str:
     return "last" if handle.is_decoder else "mean"
 
 
+#: Bytes of CSR codes :attr:`PreparedRun.code_memo` keeps at most.
+CODE_MEMO_BYTES = 2 << 30
+
+
 @dataclass
 class PreparedRun:
     """Everything the later stages need: datasets with their splits, the model, the SAEs.
@@ -240,6 +252,10 @@ class PreparedRun:
     skipped: list[Skipped] = field(default_factory=list)
     timer: StageTimer = field(default_factory=StageTimer)
     progress: bool = True
+    code_memo: dict[tuple[Any, ...], Any] | None = None
+    """When a dict, :meth:`encode` keeps the code matrices it computes there (keyed by SAE, layer,
+    code pooling and a digest of the activations), up to :data:`CODE_MEMO_BYTES`, and serves
+    repeated requests from it; codes beyond the budget are computed again when asked again."""
 
     @property
     def include_special_tokens(self) -> bool:
@@ -315,14 +331,30 @@ class PreparedRun:
 
     def encode(self, sae_id: str, layer: int, la: Any, code_poolings: list[str]) -> dict:
         """CSR codes of ``la`` for each code pooling, with the SAE ``sae_id`` of ``layer``."""
+        memo = self.code_memo
+        if memo is not None:
+            digest = tensors_digest(
+                {k: v for k in ("pooled", "offsets") if (v := getattr(la, k)) is not None}
+            )
+            keys = {c: (sae_id, layer, c, digest) for c in code_poolings}
+            if all(k in memo for k in keys.values()):
+                return {c: memo[k] for c, k in keys.items()}
         with self.timer("encode"):
-            return encode(
+            codes = encode(
                 self.sae(sae_id, layer),
                 la,
                 self.pooling,
                 code_poolings,
                 include_special_tokens=self.include_special_tokens,
             )
+        if memo is not None:
+            for c in code_poolings:
+                size = sum(getattr(codes[c], a).nbytes for a in ("data", "indices", "indptr"))
+                used = memo.get("bytes", 0)
+                if used + size <= CODE_MEMO_BYTES:
+                    memo[keys[c]] = codes[c]
+                    memo["bytes"] = used + size
+        return codes
 
 
 def sae_hook_names(cfg: RunConfig, saes: dict[tuple[str, int], Any]) -> dict[tuple[str, int], str]:
@@ -659,7 +691,7 @@ def measure_saes(run: PreparedRun, out_csv: Path) -> list[dict[str, Any]]:
             sae = run.sae(sc.id, layer)
             hook = run.sae_hooks.get((sc.id, layer))
             la = acts[key_of(hook) if hook else layer]
-            tokens, offsets = _held_out_tokens(la, run.include_special_tokens)
+            tokens, offsets = held_out_tokens(la, run.include_special_tokens)
             row = {
                 "table_key": key,
                 "sae": sc.id,
@@ -695,9 +727,11 @@ def measure_saes(run: PreparedRun, out_csv: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _held_out_tokens(la: Any, include_special: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The tokens of ``la`` (special ones dropped unless ``include_special``) and their text
-    offsets, capped at ``SAE_TABLE_MAX_TOKENS`` whole texts."""
+def held_out_tokens(
+    la: Any, include_special: bool, max_tokens: int = SAE_TABLE_MAX_TOKENS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The tokens ``[T, d]`` of ``la`` (special ones dropped unless ``include_special``) and their
+    text offsets ``[n_texts + 1]``, capped at ``max_tokens`` whole texts (at least one text)."""
     keep = torch.ones(la.tokens.shape[0], dtype=torch.bool)
     if la.special is not None and not include_special:
         keep = ~la.special
@@ -707,7 +741,7 @@ def _held_out_tokens(la: Any, include_special: bool) -> tuple[torch.Tensor, torc
     tokens = la.tokens[keep]
     offsets = torch.zeros(len(lengths) + 1, dtype=torch.long)
     offsets[1:] = torch.cumsum(torch.tensor(lengths, dtype=torch.long), 0)
-    n_texts = int(torch.searchsorted(offsets, SAE_TABLE_MAX_TOKENS, right=True)) - 1
+    n_texts = int(torch.searchsorted(offsets, max_tokens, right=True)) - 1
     n_texts = max(1, n_texts)
     return tokens[: int(offsets[n_texts])], offsets[: n_texts + 1]
 
@@ -752,9 +786,12 @@ def _run_stages(
     meta: dict[str, Any],
     cache_root: Path,
     versions: dict[str, str],
+    prepared: PreparedRun | None = None,
 ) -> RunOutcome:
     """Stages 1-5 of the module docstring; ``meta`` collects what ``run.json`` reports."""
-    run = prepare_run(cfg, timer, progress)
+    if prepared is not None:
+        prepared.timer = timer
+    run = prepared or prepare_run(cfg, timer, progress)
     units = plan_run(run)
     todo = [u for u in units if not store.has(u.spec.key)]
     done_before = len(units) - len(todo)

@@ -81,6 +81,16 @@ def encode(
     return {c: codes[CODE_POOLING_MODES[c]] for c in code_poolings}
 
 
+def check_sae_width(files: Any, handle: Any, model_name: str, what: str) -> None:
+    """SAEFileError naming the SAE's file when its ``d_in`` is not the model's ``d_model``."""
+    if files.cfg.d_in != handle.d_model:
+        where = files.files[0] if files.files else files.source
+        raise SAEFileError(
+            f"{where}: the SAE's d_in is {files.cfg.d_in} but {model_name} has d_model "
+            f"{handle.d_model} (SAE {what}); expected an SAE trained on this model"
+        )
+
+
 def load_saes(cfg: RunConfig, handle: Any, saes: dict, sae_keys: dict, timer: StageTimer) -> None:
     """Load every SAE of the config given by ``path`` or ``release`` into ``saes`` / ``sae_keys``
     (by id, layer). The key is the SAE's identity (``SAEFiles.identity``): a hash over its format,
@@ -102,12 +112,7 @@ def load_saes(cfg: RunConfig, handle: Any, saes: dict, sae_keys: dict, timer: St
             raise ConfigError(
                 f"key 'saes.{sc.id}.layer': layer {layer} is not in 'layers' {cfg.layers}"
             )
-        if files.cfg.d_in != handle.d_model:
-            where = files.files[0] if files.files else files.source
-            raise SAEFileError(
-                f"{where}: the SAE's d_in is {files.cfg.d_in} but {cfg.model.name} has d_model "
-                f"{handle.d_model} at layer {layer} (SAE {sc.id}); expected an SAE trained on this model"
-            )
+        check_sae_width(files, handle, cfg.model.name, f"{sc.id} at layer {layer}")
         with timer("saes"):
             # in memory when its weights fit the budget, else streamed block by block per dataset
             saes[(sc.id, layer)] = open_sae_encoder(files, device=str(handle.device))

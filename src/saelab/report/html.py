@@ -81,12 +81,12 @@ footer { margin-top: 3em; border-top: 1px solid #ccc; padding-top: 0.6em; color:
 """
 
 
-def _esc(value: Any) -> str:
+def esc(value: Any) -> str:
     """HTML-escaped text of ``value`` (quotes included)."""
     return html.escape("" if value is None else str(value), quote=True)
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
     if value is None:
         return True
     try:
@@ -97,29 +97,29 @@ def _missing(value: Any) -> bool:
 
 def fmt_auc(value: Any) -> str:
     """An AUC or AUC difference to 4 decimals; ``–`` when missing."""
-    return "–" if _missing(value) else f"{float(value):.4f}"
+    return "–" if is_missing(value) else f"{float(value):.4f}"
 
 
 def fmt_diff(value: Any) -> str:
     """A signed difference to 4 decimals (``+0.0123``); ``–`` when missing."""
-    return "–" if _missing(value) else f"{float(value):+.4f}"
+    return "–" if is_missing(value) else f"{float(value):+.4f}"
 
 
 def fmt_ci(low: Any, high: Any) -> str:
     """A confidence interval as ``[lo, hi]`` to 4 decimals; ``–`` when missing."""
-    if _missing(low) or _missing(high):
+    if is_missing(low) or is_missing(high):
         return "–"
     return f"[{float(low):+.4f}, {float(high):+.4f}]"
 
 
 def fmt_share(value: Any) -> str:
     """A proportion as a percentage with one decimal; ``–`` when missing."""
-    return "–" if _missing(value) else f"{100 * float(value):.1f}%"
+    return "–" if is_missing(value) else f"{100 * float(value):.1f}%"
 
 
 def fmt_value(value: Any) -> str:
     """A plain cell: integers without decimals, floats to 4 significant digits, text as is."""
-    if _missing(value):
+    if is_missing(value):
         return "–"
     if isinstance(value, (bool, np.bool_)):
         return str(bool(value))
@@ -132,7 +132,7 @@ def fmt_value(value: Any) -> str:
     return str(value)
 
 
-def _table(
+def html_table(
     headers: Sequence[str],
     rows: Iterable[Sequence[Any]],
     numeric: Sequence[bool] | None = None,
@@ -141,17 +141,17 @@ def _table(
 ) -> str:
     """An HTML table; cells are escaped, numeric columns right-aligned."""
     numeric = numeric or [False] * len(headers)
-    head = "".join(f"<th>{_esc(h)}</th>" for h in headers)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
-        cls = f' class="{_esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
+        cls = f' class="{esc(row_classes[i])}"' if row_classes and row_classes[i] else ""
         cells = "".join(
-            f'<td class="num">{_esc(c)}</td>' if numeric[j] else f"<td>{_esc(c)}</td>"
+            f'<td class="num">{esc(c)}</td>' if numeric[j] else f"<td>{esc(c)}</td>"
             for j, c in enumerate(row)
         )
         body.append(f"<tr{cls}>{cells}</tr>")
     return (
-        f'<table class="{_esc(css_class)}"><thead><tr>{head}</tr></thead>'
+        f'<table class="{esc(css_class)}"><thead><tr>{head}</tr></thead>'
         f"<tbody>{''.join(body)}</tbody></table>"
     )
 
@@ -208,8 +208,8 @@ def summary_section(summary: pd.DataFrame | None) -> str:
             previous_layer = r.get("layer")
             classes.append(cls)
         title = _SETTING_TITLES.get(setting, setting)
-        parts.append(f'<h3 id="summary-{_esc(setting)}">{_esc(title)}</h3>')
-        parts.append(_table(headers, rows, numeric, classes, css_class="data summary"))
+        parts.append(f'<h3 id="summary-{esc(setting)}">{esc(title)}</h3>')
+        parts.append(html_table(headers, rows, numeric, classes, css_class="data summary"))
     return "\n".join(parts)
 
 
@@ -255,9 +255,9 @@ def quiver_section(quivers: pd.DataFrame | None) -> str:
     note = (
         '<p class="note">At each point the quiver picks the probe with the highest validation AUC '
         "(best baseline: among the baselines; best with SAE: also among the SAE probes at the "
-        f"quiver ks), then reports its test AUC. Ties in validation AUC: {_esc(ties or '–')}.</p>"
+        f"quiver ks), then reports its test AUC. Ties in validation AUC: {esc(ties or '–')}.</p>"
     )
-    return note + _table(headers, rows, numeric, css_class="data quivers")
+    return note + html_table(headers, rows, numeric, css_class="data quivers")
 
 
 def _image_data_uri(path: Path) -> str:
@@ -272,16 +272,16 @@ def plots_section(figures: Sequence[PlotFile]) -> str:
     for f in figures:
         if f.drawn and f.png is not None and f.png.is_file():
             parts.append(
-                f'<figure id="plot-{_esc(f.name)}"><img src="{_image_data_uri(f.png)}" '
-                f'alt="{_esc(f.title)}"><figcaption><b>{_esc(f.title)}.</b> '
-                f"{_esc(f.caption)} (files: plots/{_esc(f.png.name)}, "
-                f"plots/{_esc(f.svg.name if f.svg else '')})</figcaption></figure>"
+                f'<figure id="plot-{esc(f.name)}"><img src="{_image_data_uri(f.png)}" '
+                f'alt="{esc(f.title)}"><figcaption><b>{esc(f.title)}.</b> '
+                f"{esc(f.caption)} (files: plots/{esc(f.png.name)}, "
+                f"plots/{esc(f.svg.name if f.svg else '')})</figcaption></figure>"
             )
         else:
             not_drawn.append([f.name, f"not drawn: {f.reason or 'the file is missing'}"])
     if not_drawn:
         parts.append("<h3>Figures not drawn</h3>")
-        parts.append(_table(["figure", "status"], not_drawn, css_class="data not-drawn"))
+        parts.append(html_table(["figure", "status"], not_drawn, css_class="data not-drawn"))
     return "\n".join(parts)
 
 
@@ -294,7 +294,7 @@ def skipped_section(skipped: Any) -> str:
     keys += sorted({k for s in items for k in s} - set(keys))
     rows = [[fmt_value(s.get(k)) for k in keys] for s in items]
     numeric = [k in ("setting_value", "layer") for k in keys]
-    return f'<p class="note">{len(items)} skipped.</p>' + _table(
+    return f'<p class="note">{len(items)} skipped.</p>' + html_table(
         [k.replace("_", " ") for k in keys], rows, numeric, css_class="data skipped"
     )
 
@@ -305,14 +305,14 @@ def run_section(meta: Mapping[str, Any]) -> str:
     config = meta.get("config")
     if config:
         text = yaml.safe_dump(config, sort_keys=False, default_flow_style=False, allow_unicode=True)
-        parts.append(f'<pre class="config">{_esc(text)}</pre>')
+        parts.append(f'<pre class="config">{esc(text)}</pre>')
     else:
         parts.append('<p class="note">run.json holds no config.</p>')
     versions = meta.get("versions") or {}
     parts.append("<h3>Versions</h3>")
     if versions:
         rows = [[k, v] for k, v in versions.items()]
-        parts.append(_table(["package", "version"], rows, css_class="data versions"))
+        parts.append(html_table(["package", "version"], rows, css_class="data versions"))
     else:
         parts.append('<p class="note">No versions recorded.</p>')
     parts.append("<h3>Stage timings</h3>")
@@ -320,10 +320,10 @@ def run_section(meta: Mapping[str, Any]) -> str:
     if stages:
         total = sum(float(s) for s in stages.values()) or float("nan")
         rows = [[k, f"{float(s):.1f}", fmt_share(float(s) / total)] for k, s in stages.items()]
-        if not _missing(meta.get("seconds")):
+        if not is_missing(meta.get("seconds")):
             rows.append(["whole run (wall clock)", f"{float(meta['seconds']):.1f}", ""])
         parts.append(
-            _table(
+            html_table(
                 ["stage", "seconds", "share of stage time"],
                 rows,
                 [False, True, True],
@@ -369,7 +369,8 @@ def sae_table_html(rows: Sequence[Mapping[str, Any]]) -> str:
         "weights are never held whole.</p>"
     )
     return (
-        _table([h for _, h in SAE_TABLE_COLUMNS], body, numeric, css_class="data sae-table") + note
+        html_table([h for _, h in SAE_TABLE_COLUMNS], body, numeric, css_class="data sae-table")
+        + note
     )
 
 
@@ -388,31 +389,31 @@ def _sae_training_table(stats: Mapping[str, Any]) -> str:
     keys += sorted(scalars - set(keys))
     rows = [[name, *(fmt_value(v.get(k)) for k in keys)] for name, v in per_sae.items()]
     numeric = [False] + [True] * len(keys)
-    return _table(["SAE @ layer", *keys], rows, numeric, css_class="data sae-training")
+    return html_table(["SAE @ layer", *keys], rows, numeric, css_class="data sae-training")
 
 
 def _header(meta: Mapping[str, Any], run_dir: Path, results: pd.DataFrame | None) -> str:
     name = meta.get("name") or run_dir.name
     status = str(meta.get("status") or "unknown")
     status_class = "status-complete" if status == "complete" else "status-other"
-    facts = [f'status <span class="{status_class}">{_esc(status)}</span>']
+    facts = [f'status <span class="{status_class}">{esc(status)}</span>']
     if meta.get("started"):
-        facts.append(f"started {_esc(meta['started'])}")
+        facts.append(f"started {esc(meta['started'])}")
     if meta.get("finished"):
-        facts.append(f"finished {_esc(meta['finished'])}")
-    if not _missing(meta.get("seconds")):
+        facts.append(f"finished {esc(meta['finished'])}")
+    if not is_missing(meta.get("seconds")):
         facts.append(f"{float(meta['seconds']):.1f} s")
     model = meta.get("model_id") or ((meta.get("config") or {}).get("model") or {}).get("name")
     if model:
-        facts.append(f"model {_esc(model)}")
+        facts.append(f"model {esc(model)}")
     if results is not None and not results.empty:
         facts.append(
             f"{len(results)} probe rows, {results['dataset'].nunique()} datasets, "
             f"{results['layer'].nunique()} layers"
         )
-    error = f'<p class="status-other">error: {_esc(meta["error"])}</p>' if meta.get("error") else ""
+    error = f'<p class="status-other">error: {esc(meta["error"])}</p>' if meta.get("error") else ""
     return (
-        f"<header><h1>saelab report: {_esc(name)}</h1>"
+        f"<header><h1>saelab report: {esc(name)}</h1>"
         f'<p class="meta">{" · ".join(facts)}</p>{error}</header>'
     )
 
@@ -430,6 +431,31 @@ def _read_frame(path: Path, reader: Callable[[Path], pd.DataFrame]) -> pd.DataFr
         return reader(path)
     except (OSError, ValueError):
         return None
+
+
+def html_page(
+    title: str, header: str, sections: Sequence[tuple[str, str, str]], built_from: str = ""
+) -> str:
+    """One self-contained page: ``header`` (HTML), a navigation list, one ``<section>`` per
+    ``(id, title, HTML content)``, and a footer naming the saelab version, the time and
+    ``built_from`` (text)."""
+    nav = "".join(f'<li><a href="#{key}">{esc(name)}</a></li>' for key, name, _ in sections)
+    body = "\n".join(
+        f'<section id="{key}"><h2>{esc(name)}</h2>\n{content}</section>'
+        for key, name, content in sections
+    )
+    built = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    origin = f" {esc(built_from)}" if built_from else ""
+    return (
+        "<!DOCTYPE html>\n"
+        '<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+        f"{header}\n"
+        f"<nav><ul>{nav}</ul></nav>\n{body}\n"
+        f"<footer>Built by saelab {esc(__version__)} on {esc(built)}{origin}.</footer>\n"
+        "</body></html>\n"
+    )
 
 
 def render_report(
@@ -466,21 +492,11 @@ def render_report(
         ("skipped", "Skipped", skipped_section(meta.get("skipped"))),
         ("run", "Run details", run_section(meta)),
     ]
-    nav = "".join(f'<li><a href="#{key}">{_esc(title)}</a></li>' for key, title, _ in sections)
-    body = "\n".join(
-        f'<section id="{key}"><h2>{_esc(title)}</h2>\n{content}</section>'
-        for key, title, content in sections
-    )
-    built = time.strftime("%Y-%m-%d %H:%M:%S %z")
-    text = (
-        "<!DOCTYPE html>\n"
-        '<html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>saelab report: {_esc(name)}</title><style>{_CSS}</style></head>\n<body>\n"
-        f"{_header(meta, run_dir, results)}\n"
-        f"<nav><ul>{nav}</ul></nav>\n{body}\n"
-        f"<footer>Built by saelab {_esc(__version__)} on {_esc(built)} from the files of the "
-        f"run folder {_esc(run_dir.name)}.</footer>\n</body></html>\n"
+    text = html_page(
+        f"saelab report: {name}",
+        _header(meta, run_dir, results),
+        sections,
+        f"from the files of the run folder {run_dir.name}",
     )
     write_text_atomic(run_dir / REPORT_NAME, text)
     return text

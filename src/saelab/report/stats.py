@@ -233,6 +233,18 @@ def _check_boot_args(n_boot: int, ci: float) -> None:
 # ----------------------------------------------------------------------------------- paired
 
 
+def win_scores(diff: Sequence[float] | np.ndarray | pd.Series) -> np.ndarray:
+    """[n] win score of each paired difference: 1 if diff > 0, 0.5 if tied, 0 if diff < 0.
+
+    A tie is a difference equal to 0 after rounding to 12 decimals (so AUCs equal up to float
+    noise tie). The win rate of the module docstring is the mean of these scores; NaN scores NaN.
+    """
+    d = np.round(np.asarray(diff, dtype=np.float64), _TIE_DECIMALS)
+    scores = (d > 0).astype(np.float64) + 0.5 * (d == 0).astype(np.float64)
+    scores[np.isnan(d)] = np.nan
+    return scores
+
+
 def _paired(pts: pd.DataFrame, reference: str) -> pd.DataFrame:
     """Rows of every probe but ``reference`` joined with the reference's row at the same point.
 
@@ -241,9 +253,8 @@ def _paired(pts: pd.DataFrame, reference: str) -> pd.DataFrame:
     ref = pts.loc[pts["probe"].eq(reference), [*_POINT, "test_auc"]]
     other = pts.loc[pts["probe"].ne(reference), [*_POINT, "setting_value", "probe", "test_auc"]]
     merged = other.merge(ref, on=_POINT, suffixes=("", "_ref"), how="inner")
-    diff = (merged["test_auc"] - merged["test_auc_ref"]).round(_TIE_DECIMALS)
     merged["diff"] = merged["test_auc"] - merged["test_auc_ref"]
-    merged["win"] = (diff > 0).astype(float) + 0.5 * (diff == 0).astype(float)
+    merged["win"] = win_scores(merged["diff"])
     return merged
 
 

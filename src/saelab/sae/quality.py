@@ -53,7 +53,7 @@ def reconstruction_quality(
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
     rows = max(1, _BLOCK_ELEMENTS // sae.d_sae)
     sequence_level = getattr(sae, "sequence_level", False)
-    for start, stop in _text_chunks(offsets, rows):
+    for start, stop in text_chunks(offsets, rows):
         x = tokens[start:stop].to(sae.device, sae.dtype)
         sae_in, state = sae.preprocess(x)
         if sequence_level:
@@ -76,15 +76,10 @@ def reconstruction_quality(
     }
 
 
-def _text_chunks(offsets: torch.Tensor, rows: int) -> list[tuple[int, int]]:
-    """Token ranges ``[start, stop)`` of whole texts, each about ``rows`` tokens (one text may be
-    longer)."""
+def text_chunks(offsets: torch.Tensor, rows: int) -> list[tuple[int, int]]:
+    """Token ranges ``[start, stop)`` of whole texts, each at most ``rows`` tokens (a longer text
+    forms a range alone): the text groups of ``saelab.sae.encode`` in token positions."""
+    from saelab.sae.encode import _text_chunks
+
     bounds = [int(o) for o in offsets]
-    out, start = [], bounds[0]
-    for b in bounds[1:]:
-        if b - start >= rows:
-            out.append((start, b))
-            start = b
-    if bounds[-1] > start:
-        out.append((start, bounds[-1]))
-    return out
+    return [(bounds[r0], bounds[r1]) for r0, r1 in _text_chunks(offsets.cpu(), rows)]

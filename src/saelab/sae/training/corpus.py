@@ -82,10 +82,33 @@ def read_text_file(path: str | Path, column: str | None = None) -> list[str]:
     return texts
 
 
-def gather_texts(
-    datasets: Sequence[str], files: Sequence[tuple[str, str | None]], max_rows: int = 5000
+def dataset_texts(
+    ds: Any, rows: str = "all", seed: int = 42, max_train: int | None = None
 ) -> list[str]:
-    """Texts of bundled datasets (names, or ``all`` for the 113) and of files ``(path, column)``."""
+    """Texts of a loaded dataset: ``all`` rows, or the rows of the paper's normal split
+    (``saelab.data.normal_split`` with ``seed``): ``train`` its training rows, ``test`` its test
+    rows, so texts an SAE trains on never appear among those it is evaluated on."""
+    if rows == "all":
+        return list(ds.prompts)
+    from saelab.data import normal_split
+    from saelab.data.splits import MAX_TRAIN
+
+    split = normal_split(
+        ds.labels, seed=seed, max_train=max_train or MAX_TRAIN, dataset_name=ds.name
+    )
+    idx = split.train if rows == "train" else split.test
+    return [ds.prompts[i] for i in idx]
+
+
+def gather_texts(
+    datasets: Sequence[str],
+    files: Sequence[tuple[str, str | None]],
+    max_rows: int = 5000,
+    rows: str = "all",
+    split_seed: int = 42,
+) -> list[str]:
+    """Texts of bundled datasets (names, or ``all`` for the 113; ``rows`` and ``split_seed`` as
+    :func:`dataset_texts`) and of files ``(path, column)``."""
     from saelab.data import list_bundled, load_dataset
 
     names: list[str] = []
@@ -96,7 +119,7 @@ def gather_texts(
             names.append(name)
     texts: list[str] = []
     for name in dict.fromkeys(names):
-        texts.extend(load_dataset(name, max_rows=max_rows).prompts)
+        texts.extend(dataset_texts(load_dataset(name, max_rows=max_rows), rows, seed=split_seed))
     for path, column in files:
         texts.extend(read_text_file(path, column))
     return texts
@@ -171,6 +194,8 @@ def corpus_key(run: Any) -> str:
                 for f in run.files
             ],
             "max_rows": run.max_rows,
+            "rows": run.rows,
+            "split_seed": run.split_seed,
             "max_tokens": run.max_tokens,
             "seed": run.seed,
         }
@@ -207,7 +232,13 @@ def train_saes_on_corpus(
         m.name, device=m.device, dtype=m.dtype, revision=m.revision,
         trust_remote_code=m.trust_remote_code,
     )  # fmt: skip
-    texts = gather_texts(run.datasets, [(f.path, f.column) for f in run.files], run.max_rows)
+    texts = gather_texts(
+        run.datasets,
+        [(f.path, f.column) for f in run.files],
+        run.max_rows,
+        run.rows,
+        run.split_seed,
+    )
     max_tokens = run.max_tokens or max(tc.max_tokens for tc in run.saes.values())
     acts = collect_tokens(
         handle, texts, run.hook, max_tokens, seed=run.seed, batch_size=m.batch_size,
