@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Benchmarks write their sections of benchmarks/RESULTS.md (about 2.5 hours in all on 2 cores).
+# Benchmarks write their sections of benchmarks/RESULTS.md (about 3.5 hours in all on 2 cores).
 bench: $(STAMP)
 	cd benchmarks && ../$(BIN)/python extract_speed.py
 	cd benchmarks && ../$(BIN)/python regime_speed.py

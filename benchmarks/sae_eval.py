@@ -246,8 +246,8 @@ def arch_113(work: Path) -> str:
             f"| {r.p_value:.2g} | {r.p_holm:.2g} |"
         )
     top1 = ", ".join(
-        f"{r.sae} {getattr(r, 'sparse_probing.sae_top_1_test_accuracy'):.4f}"
-        for r in merged.itertuples(index=False)
+        f"{r['sae']} {r['sparse_probing.sae_top_1_test_accuracy']:.4f}"
+        for r in merged.to_dict("records")
     )
     lines = [
         "## SAE evaluation suite: architecture comparison over the 113 datasets "
