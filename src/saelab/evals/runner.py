@@ -138,7 +138,8 @@ class EvalRun:
                 f"{path} is missing: run the setup stage first (saelab eval CONFIG --stage setup)"
             )
         try:
-            entries = [EvalSAE(**e) for e in json.loads(path.read_text("utf-8"))["saes"]]
+            header = json.loads(path.read_text("utf-8"))
+            entries = [EvalSAE(**e) for e in header["saes"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}: not a saelab SAE manifest ({exc}); rerun setup") from None
         want = [s.id for s in self.cfg.saes]
@@ -147,7 +148,6 @@ class EvalRun:
             raise ConfigError(
                 f"{path} lists SAEs {have} but the config has {want}: rerun the setup stage"
             )
-        header = json.loads(path.read_text("utf-8"))
         if header.get("model") != self.cfg.model.name or header.get("hook") != self.hook:
             raise ConfigError(
                 f"{path} was set up for model {header.get('model')!r} at {header.get('hook')!r}; "
@@ -261,15 +261,10 @@ def _sae_hash(sc: SAEConfig) -> str:
     return stable_hash(sc.model_dump(mode="json"))
 
 
-def _source_words(sc: SAEConfig) -> str:
-    from saelab.pipeline.run import _sae_source
-
-    return _sae_source(sc)
-
-
 def setup_stage(run: EvalRun) -> list[EvalSAE]:
     """Train the ``train`` SAEs, check the others, write the manifest ``saes.json``."""
     from saelab.activations import parse_hook
+    from saelab.pipeline.run import sae_source
     from saelab.pipeline.saes import check_sae_width
     from saelab.sae import open_sae
     from saelab.sae.training.corpus import train_saes_on_corpus
@@ -338,7 +333,7 @@ def setup_stage(run: EvalRun) -> list[EvalSAE]:
             d_in=int(files.cfg.d_in),
             d_sae=int(files.cfg.d_sae),
             hook=run.hook,
-            source=_source_words(sc),
+            source=sae_source(sc),
             config_hash=_sae_hash(sc),
         )
         by_id[sc.id] = e
@@ -360,7 +355,7 @@ def setup_stage(run: EvalRun) -> list[EvalSAE]:
             d_in=base.d_in,
             d_sae=base.d_sae,
             hook=run.hook,
-            source=_source_words(sc),
+            source=sae_source(sc),
             config_hash=_sae_hash(sc),
         )
     entries = [by_id[sc.id] for sc in cfg.saes]

@@ -697,7 +697,7 @@ def measure_saes(run: PreparedRun, out_csv: Path) -> list[dict[str, Any]]:
                 "sae": sc.id,
                 "layer": layer,
                 "hook": hook or f"blocks.{layer}.hook_resid_post",
-                "source": _sae_source(sc),
+                "source": sae_source(sc),
                 "architecture": sae.cfg.architecture,
                 "d_sae": int(sae.cfg.d_sae),
             }
@@ -746,7 +746,7 @@ def held_out_tokens(
     return tokens[: int(offsets[n_texts])], offsets[: n_texts + 1]
 
 
-def _sae_source(sc: Any) -> str:
+def sae_source(sc: Any) -> str:
     """Where an SAE of the config comes from, in a few words."""
     if sc.train is not None:
         return f"trained here ({sc.train.architecture})"
