@@ -1,5 +1,5 @@
 """Command line: ``saelab run``, ``report``, ``compare``, ``datasets``, ``cache``, ``sae train``,
-``eval``, ``merge`` and ``eval-schema``."""
+``eval``, ``merge``, ``eval-schema`` and ``ception``."""
 
 from __future__ import annotations
 
@@ -346,6 +346,36 @@ def _print_merged(merged: pd.DataFrame) -> None:
             cells.append("-" if value is None or pd.isna(value) else format(float(value), spec))
         table.add_row(*cells)
     console.print(table)
+
+
+@app.command()
+def ception(
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="YAML (saelab.config.CeptionConfig); default: MiniLM on SST-2"),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="output folder (default: runs/<name>); rerunning resumes it"),
+    ] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override a config key: --set cycle.cycles=2 (repeatable)"),
+    ] = None,
+    progress: Annotated[bool, typer.Option(help="show progress bars")] = True,
+) -> None:
+    """SAE-ception: fine-tune a classifier, train an SAE on it, retrain with an auxiliary loss
+    toward sharpened SAE codes, repeat; metrics per cycle, strategy and seed, with a report."""
+    from saelab.ception.report import print_ception_summary
+    from saelab.ception.run import run_ception
+    from saelab.config import load_ception_config
+
+    cfg = load_ception_config(config, set_ or [])
+    folder = out or Path("runs") / cfg.name
+    result = run_ception(cfg, folder, progress=progress)
+    print_ception_summary(result.cycles, console)
+    console.print(f"{folder} in {result.seconds:.1f}s")
+    console.print(f"report: {folder / 'report.html'}", soft_wrap=True)
 
 
 @app.command()

@@ -841,3 +841,201 @@ class EvalConfig(_WithSAEs):
 def load_eval_config(path: str | Path, overrides: list[str] | None = None) -> EvalConfig:
     """Read and validate the YAML config of ``saelab eval``; errors name the file and key."""
     return _load_yaml_model(EvalConfig, path, overrides)
+
+
+# ----- saelab ception: cycles of classifier fine-tuning with an auxiliary loss from SAE codes ----
+CeptionStrategy = Literal["per_class", "per_example", "random", "none"]
+
+
+class CeptionDataConfig(_Section):
+    """The classification dataset and its train / validation / test split."""
+
+    dataset: str = Field(
+        "92_glue_sst2",
+        description="bundled name or path to a CSV/Parquet file (prompt, target; 2+ classes)",
+    )
+    max_rows: int = Field(5000, ge=10, description="first rows read from the file")
+    train_rows: int = Field(1024, ge=8, description="training rows (classifier, SAE, targets)")
+    val_rows: int = Field(256, ge=2, description="validation rows (checkpoint selection only)")
+    test_rows: int | None = Field(
+        1000, ge=2, description="test rows (every metric); null: all rows left"
+    )
+    split_seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seed of the stratified split (the same for all seeds)"
+    )
+
+
+class ClassifierConfig(_Section):
+    """The classifier: a head on the pooled output of one block, and how it is fine-tuned."""
+
+    layer: int | None = Field(
+        None, ge=0, description="block whose output the head reads (default: the last block)"
+    )
+    pooling: Literal["auto", "last", "mean"] = Field(
+        "auto",
+        description="auto: the last real token for decoders, the mean over real tokens for "
+        "encoders",
+    )
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate of the model's blocks")
+    head_lr: float = Field(1e-3, gt=0, description="AdamW learning rate of the head")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW decay (not on biases and norms)")
+    warmup_fraction: float = Field(
+        0.1, ge=0, lt=1, description="linear warm-up share of the steps, then linear decay to 0"
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="gradient-norm clip; null: none")
+    batch_size: int = Field(32, ge=1, description="examples per optimiser step")
+    grad_accumulation: int = Field(
+        1, ge=1, description="micro-batches each optimiser step is split into"
+    )
+    epochs: int = Field(3, ge=1, description="epochs of the cycle-0 fine-tuning")
+    cycle_epochs: int = Field(2, ge=1, description="epochs of each later cycle's retraining")
+    train_blocks: int | None = Field(
+        2,
+        ge=1,
+        description="train only the last N blocks up to 'layer' (and the head); null: the whole "
+        "model up to 'layer', embeddings included",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute block activations in the backward pass (less memory)"
+    )
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the head")
+    max_length: int = Field(128, ge=2, description="tokens kept per text (left truncation)")
+
+    @model_validator(mode="after")
+    def _accumulation(self) -> ClassifierConfig:
+        if self.batch_size % self.grad_accumulation:
+            raise ValueError(
+                f"key 'grad_accumulation' ({self.grad_accumulation}) must divide 'batch_size' "
+                f"({self.batch_size})"
+            )
+        return self
+
+
+class CycleConfig(_Section):
+    """The SAE-ception cycles: strategies, sharpening, auxiliary loss, repetitions."""
+
+    cycles: int = Field(3, ge=1, description="retraining cycles after cycle 0")
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(
+        default_factory=lambda: [0, 1, 2], min_length=1, description="one chain per seed"
+    )
+    strategies: list[CeptionStrategy] = Field(
+        default_factory=lambda: ["per_class", "per_example", "random", "none"],
+        min_length=1,
+        description="per_class, per_example (SAE targets), random, none (controls)",
+    )
+    sharpen_k: int = Field(10, ge=1, description="latents kept per class / per example")
+    lambda_aux: float = Field(0.1, ge=0, description="weight of L_aux = 1 - cos(h - b_dec, t)")
+    token_level: bool = Field(
+        False,
+        description="train each SAE on token activations of the training texts too "
+        "(the pooled representations are always included)",
+    )
+    max_tokens: int = Field(50_000, ge=100, description="cap on token activations added")
+
+    @field_validator("seeds", "strategies")
+    @classmethod
+    def _unique(cls, values: list[Any]) -> list[Any]:
+        if len(set(values)) != len(values):
+            raise ValueError(f"entries must be unique, got {values}")
+        return values
+
+
+class CeptionMetricsConfig(_Section):
+    """Options of the per-cycle metrics."""
+
+    silhouette_sample: int = Field(5000, ge=10, description="rows the silhouette is computed on")
+    probe_max_iter: int = Field(1000, ge=10, description="logistic-regression iterations")
+    perplexity_rows: int = Field(
+        500, ge=1, description="test texts scored for perplexity (models with an LM head)"
+    )
+
+
+CEPTION_SAE_DEFAULTS: dict[str, Any] = {
+    "architecture": "topk",
+    "expansion_factor": 4,
+    "k": 32,
+    "batch_size": 128,
+    "epochs": 30.0,
+}
+"""The SAE trained each cycle unless the config says otherwise: sized for ~1000 pooled rows (a
+section that sets some keys keeps these for the others)."""
+_TOPK_FAMILY = ("topk", "batchtopk", "matryoshka_batchtopk")
+
+
+def _ception_sae(section: Any) -> Any:
+    """The ``sae`` section with :data:`CEPTION_SAE_DEFAULTS` for every key it leaves out (``k``
+    only for the TopK family, ``expansion_factor`` only without ``d_sae``, ``epochs`` only
+    without ``steps``)."""
+    if section is None:
+        section = {}
+    if not isinstance(section, dict):
+        return section
+    out = dict(section)
+    arch = out.setdefault("architecture", CEPTION_SAE_DEFAULTS["architecture"])
+    out.setdefault("batch_size", CEPTION_SAE_DEFAULTS["batch_size"])
+    if out.get("steps") is None:
+        out.setdefault("epochs", CEPTION_SAE_DEFAULTS["epochs"])
+    if out.get("d_sae") is None:
+        out.setdefault("expansion_factor", CEPTION_SAE_DEFAULTS["expansion_factor"])
+    if arch in _TOPK_FAMILY:
+        out.setdefault("k", CEPTION_SAE_DEFAULTS["k"])
+    return out
+
+
+class CeptionConfig(_Section):
+    """``saelab ception [CONFIG]``: SAE-ception on one model and one classification dataset."""
+
+    name: str = Field("ception", pattern=r"^[A-Za-z0-9_.\-]+$")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: CeptionDataConfig = Field(default_factory=CeptionDataConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    sae: SAETrainConfig = Field(
+        default_factory=lambda: SAETrainConfig(**_ception_sae(None)),
+        description="the SAE trained each cycle (any trainable architecture; keys left out take "
+        "CEPTION_SAE_DEFAULTS)",
+    )
+    cycle: CycleConfig = Field(default_factory=CycleConfig)
+    metrics: CeptionMetricsConfig = Field(default_factory=CeptionMetricsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sae_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "sae" in data:
+            data = {**data, "sae": _ception_sae(data["sae"])}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> CeptionConfig:
+        k = self.sae.k
+        if self.sae.seed < 0:
+            raise ValueError(f"key 'sae.seed' must be >= 0, got {self.sae.seed}")
+        if self.model.dtype == "float16":
+            raise ValueError(
+                "key 'model.dtype': float16 is not supported for fine-tuning (no loss scaling); "
+                "use bfloat16 (autocast over float32 weights) or float32"
+            )
+        if self.model.max_length is not None:
+            raise ValueError(
+                "key 'model.max_length' is not used by saelab ception; set "
+                "'classifier.max_length' (tokens kept per text)"
+            )
+        if self.sae.architecture in _TOPK_FAMILY and k and self.cycle.sharpen_k > k:
+            raise ValueError(
+                f"key 'cycle.sharpen_k' ({self.cycle.sharpen_k}) must be <= the SAE's k "
+                f"({k}): a sharpened code keeps at most the latents the SAE fires"
+            )
+        return self
+
+
+def load_ception_config(
+    path: str | Path | None = None, overrides: list[str] | None = None
+) -> CeptionConfig:
+    """The ``saelab ception`` config: defaults (MiniLM on SST-2) when ``path`` is None, else the
+    YAML file; ``--set`` overrides applied; errors name the file and the key."""
+    if path is not None:
+        return _load_yaml_model(CeptionConfig, path, overrides)
+    data = apply_overrides({}, overrides or [])
+    try:
+        return CeptionConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, "the ception defaults with --set overrides")) from None

@@ -177,6 +177,21 @@ def plan_batches(sorted_lengths: torch.Tensor, batch_size: int) -> list[tuple[in
     return [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
 
 
+def pad_rows(
+    tok: Tokenized, rows: torch.Tensor, pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` ``[B, S]`` of the texts ``rows`` (``S`` = their longest), the
+    real-token mask ``[B, S]`` bool, and each position's index into ``tok.ids`` ``[B, S]``
+    (clamped at padding)."""
+    lens = tok.lengths[rows]
+    positions = torch.arange(int(lens.max()))
+    mask = positions.unsqueeze(0) < lens.unsqueeze(1)
+    src = (tok.offsets[rows].unsqueeze(1) + positions.unsqueeze(0)).clamp_(
+        max=int(tok.offsets[-1]) - 1
+    )
+    return torch.where(mask, tok.ids[src], pad_id), mask, src
+
+
 def special_token_ids(tokenizer: object) -> torch.Tensor:
     """Ids of the tokenizer's special tokens (BOS, EOS, CLS, SEP, PAD, MASK, added specials).
 
@@ -187,7 +202,8 @@ def special_token_ids(tokenizer: object) -> torch.Tensor:
     return torch.tensor(sorted(ids - {unk}), dtype=torch.long)
 
 
-def _forward_kwargs(model: torch.nn.Module) -> dict[str, object]:
+def forward_kwargs(model: torch.nn.Module) -> dict[str, object]:
+    """``use_cache=False`` when the model's forward takes it: no KV cache is built."""
     params = inspect.signature(model.forward).parameters
     kwargs: dict[str, object] = {}
     if "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -264,7 +280,7 @@ def extract(
     )
     pool = _POOLERS[pooling]
     model, device = handle.model, handle.device
-    kwargs = _forward_kwargs(model)
+    kwargs = forward_kwargs(model)
     blocks = find_blocks(model)
     names = [hook_name(layer, kind) for layer, kind in points]
     fallback_rows: list[torch.Tensor] = []
@@ -279,12 +295,7 @@ def extract(
             rows = order[start:end]
             lens = tok.lengths[rows]
             width = int(lens.max())
-            positions = torch.arange(width)
-            mask = positions.unsqueeze(0) < lens.unsqueeze(1)
-            src = (tok.offsets[rows].unsqueeze(1) + positions.unsqueeze(0)).clamp_(
-                max=total_tokens - 1
-            )
-            input_ids = torch.where(mask, tok.ids[src], pad_id)
+            input_ids, mask, src = pad_rows(tok, rows, pad_id)
             mask_dev = mask.to(device)
             pool_mask = mask_dev
             if pooling == "mean":

@@ -38,6 +38,7 @@ from saelab.data.splits import (
     normal_split,
     ood_split,
     scarcity_splits,
+    stratified_split,
     train_test_indices,
 )
 
@@ -69,5 +70,6 @@ __all__ = [
     "normal_split",
     "ood_split",
     "scarcity_splits",
+    "stratified_split",
     "train_test_indices",
 ]

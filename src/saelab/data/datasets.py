@@ -1,7 +1,7 @@
-"""Load a binary text dataset (bundled or a user file), validate it and encode its labels to 0/1.
+"""Load a text dataset (bundled or a user file), validate it and encode its labels to 0/1.
 
-A dataset file has a ``prompt`` column (text, used as-is) and a ``target`` column (two classes);
-other columns are ignored. Accepted files: ``.csv``, zstd-compressed CSV (``.csv.zst``,
+A dataset file has a ``prompt`` column (text, used as-is) and a ``target`` column (two classes;
+with ``multiclass=True`` two or more, encoded to ``0..C-1``); other columns are ignored. Accepted files: ``.csv``, zstd-compressed CSV (``.csv.zst``,
 ``.csv.zstd``) and ``.parquet``. The first ``max_rows`` rows are used (the paper's ``MAX_AMT``,
 spec §1.6). Every problem raises :class:`saelab.errors.DatasetError` naming the file and the
 1-based data row (and, for CSV, the line of the file where that row starts).
@@ -54,15 +54,17 @@ _MAX_FIELD_CHARS = 2**31 - 1  # csv's default cap is 128 KiB per field; prompts 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """A validated binary dataset.
+    """A validated dataset: binary unless loaded with ``multiclass=True``.
 
     Attributes:
         name: numbered tag for bundled sets (``"92_glue_sst2"``), the file stem for user files.
         family: bundled family (spec §1.2), ``"user"`` for user files, or what the caller passed.
         path: the file the rows were read from.
         prompts: ``N`` texts, used as-is (no template).
-        labels: ``[N]`` int64 of 0/1, read-only; ``labels[i]`` is the class of ``prompts[i]``.
-        classes: the raw target values for label 0 and label 1 (see :func:`encode_labels`).
+        labels: ``[N]`` int64 of 0/1 (``0..C-1`` for a multiclass load), read-only;
+            ``labels[i]`` is the class of ``prompts[i]``.
+        classes: the raw target values for label 0 and label 1, or for labels ``0..C-1`` of a
+            multiclass load (see :func:`encode_labels`); ``classes[k]`` is the value of label ``k``.
         content_hash: SHA-256 hex digest of the prompts and labels (see :func:`content_hash_of`).
     """
 
@@ -71,7 +73,7 @@ class Dataset:
     path: Path
     prompts: tuple[str, ...]
     labels: np.ndarray = field(repr=False)
-    classes: tuple[Any, Any]
+    classes: tuple[Any, ...]
     content_hash: str
 
     def __post_init__(self) -> None:
@@ -79,6 +81,11 @@ class Dataset:
         if labels.shape != (len(self.prompts),):
             raise ValueError(
                 f"labels must have shape ({len(self.prompts)},), got {tuple(labels.shape)}"
+            )
+        if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):
+            raise ValueError(
+                f"labels must lie in 0..{len(self.classes) - 1} (one per class in classes), "
+                f"got values from {int(labels.min())} to {int(labels.max())}"
             )
         labels.setflags(write=False)
         object.__setattr__(self, "labels", labels)
@@ -89,10 +96,18 @@ class Dataset:
         return len(self.prompts)
 
     @property
-    def class_counts(self) -> tuple[int, int]:
-        """Rows per label: ``(count of label 0, count of label 1)``."""
-        n_pos = int(self.labels.sum())
-        return (self.n_rows - n_pos, n_pos)
+    def n_classes(self) -> int:
+        """Number of classes ``C`` (``len(classes)``; 2 for a binary dataset)."""
+        return len(self.classes)
+
+    @property
+    def class_counts(self) -> tuple[int, ...]:
+        """Rows per label: ``(count of label 0, ..., count of label C-1)``.
+
+        ``np.bincount(labels, minlength=C)``; for a binary dataset ``(N - n_pos, n_pos)``.
+        """
+        counts = np.bincount(self.labels, minlength=self.n_classes)
+        return tuple(int(c) for c in counts)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Dataset):
@@ -110,12 +125,25 @@ class Dataset:
 
 
 def content_hash_of(prompts: Sequence[str], labels: np.ndarray) -> str:
-    """SHA-256 over the prompts (length-prefixed, :func:`saelab.io.hash_texts`) and the 0/1 labels.
+    """SHA-256 over the prompts (length-prefixed, :func:`saelab.io.hash_texts`) and the labels.
 
-    ``stable_hash({"prompts": hash_texts(prompts), "labels": hash_texts(["0110..."])}, 64)``.
+    0/1 labels: ``stable_hash({"format": 1, "prompts": hash_texts(prompts),
+    "labels": hash_texts(["0110..."])}, 64)``. Labels with a value above 1 (multiclass) are
+    written comma-separated (``"0,2,10,1"``) under ``"format": 2``, so that label 2 is not
+    hashed as label 1 and multi-digit labels cannot run together.
     """
-    label_text = "".join("1" if v else "0" for v in np.asarray(labels).tolist())
-    parts = {"format": 1, "prompts": hash_texts(list(prompts)), "labels": hash_texts([label_text])}
+    values = [int(v) for v in np.asarray(labels).tolist()]
+    if all(v in (0, 1) for v in values):
+        label_text = "".join("1" if v else "0" for v in values)
+        fmt = 1
+    else:
+        label_text = ",".join(str(v) for v in values)
+        fmt = 2
+    parts = {
+        "format": fmt,
+        "prompts": hash_texts(list(prompts)),
+        "labels": hash_texts([label_text]),
+    }
     return stable_hash(parts, length=64)
 
 
@@ -167,9 +195,13 @@ def _class_value(kind: str, key: Any, raw_example: Any) -> Any:
 
 
 def encode_labels(
-    values: Sequence[Any], source: str = "target"
-) -> tuple[np.ndarray, tuple[Any, Any]]:
+    values: Sequence[Any], source: str = "target", multiclass: bool = False
+) -> tuple[np.ndarray, tuple[Any, ...]]:
     """Map exactly two distinct target values to int64 labels 0 and 1 by sorted order.
+
+    With ``multiclass=True``, map ``C >= 2`` distinct values to labels ``0..C-1`` by the same
+    sorted order (sklearn's ``LabelEncoder`` again: label ``k`` is the ``k``-th smallest class);
+    for two classes the result is the binary one.
 
     This reproduces sklearn's ``LabelEncoder`` on pandas-parsed targets, which the paper uses
     (spec §1.1: "class 1 is the larger value"):
@@ -183,9 +215,15 @@ def encode_labels(
     Args:
         values: ``N`` raw target values, none missing.
         source: what to name in error messages (file and column).
+        multiclass: accept two or more classes instead of exactly two.
 
     Returns:
-        ``labels`` ``[N]`` int64 of 0/1 and ``classes`` (the value of class 0, of class 1).
+        ``labels`` ``[N]`` int64 of 0/1 and ``classes`` (the value of class 0, of class 1); with
+        ``multiclass`` labels ``0..C-1`` and ``classes`` the ``C`` values, label ``k`` first.
+
+    Raises:
+        DatasetError: not exactly two classes (``multiclass``: fewer than two), naming ``source``
+            and listing the classes found with their row counts.
     """
     raw = list(values)
     kind, keys = _class_key(raw)
@@ -193,15 +231,17 @@ def encode_labels(
     examples: dict[Any, Any] = {}  # class key -> its first raw value
     for key, value in zip(keys, raw, strict=True):
         examples.setdefault(key, value)
-    if len(counts) != 2:
+    if len(counts) < 2 or (len(counts) != 2 and not multiclass):
         listed = sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
         shown = ", ".join(f"{examples[k]!r} ({n} rows)" for k, n in listed[:10])
         more = f", ... ({len(listed) - 10} more)" if len(listed) > 10 else ""
         found = f"found {len(counts)}: {shown}{more}" if counts else "found none"
-        raise DatasetError(f"{source}: expected exactly two classes in column 'target', {found}")
-    low, high = sorted(counts)
-    labels = np.fromiter((k == high for k in keys), dtype=np.int64, count=len(keys))
-    classes = (_class_value(kind, low, examples[low]), _class_value(kind, high, examples[high]))
+        expected = "at least two classes" if multiclass else "exactly two classes"
+        raise DatasetError(f"{source}: expected {expected} in column 'target', {found}")
+    ordered = sorted(counts)
+    index = {key: i for i, key in enumerate(ordered)}
+    labels = np.fromiter((index[k] for k in keys), dtype=np.int64, count=len(keys))
+    classes = tuple(_class_value(kind, key, examples[key]) for key in ordered)
     return labels, classes
 
 
@@ -393,7 +433,7 @@ def _first_bad(rows: list[int], path: Path, lines: list[int] | None, problem: st
     return f"{_where(path, rows[0], lines)}: {problem}{others}"
 
 
-def _validate(path: Path, table: _Table) -> None:
+def _validate(path: Path, table: _Table, multiclass: bool = False) -> None:
     """Raise DatasetError for the first bad prompt, then the first missing target."""
     n = len(table.prompts)
     if n == 0:
@@ -430,16 +470,17 @@ def _validate(path: Path, table: _Table) -> None:
             if missing[0] in table.short_rows
             else f"target is empty or NaN ({value!r})"
         )
-        raise DatasetError(
-            _first_bad(missing, path, table.lines, f"{what}; expected one of two class values")
-        )
+        expected = "a class value" if multiclass else "one of two class values"
+        raise DatasetError(_first_bad(missing, path, table.lines, f"{what}; expected {expected}"))
 
 
 def _looks_like_path(spec: str) -> bool:
     return os.sep in spec or "/" in spec or "." in Path(spec).name or Path(spec).is_file()
 
 
-def load_dataset(spec: str | Path, max_rows: int = 5000, family: str | None = None) -> Dataset:
+def load_dataset(
+    spec: str | Path, max_rows: int = 5000, family: str | None = None, multiclass: bool = False
+) -> Dataset:
     """Load a bundled dataset by name or a user file by path, validate it and encode its labels.
 
     Args:
@@ -449,13 +490,16 @@ def load_dataset(spec: str | Path, max_rows: int = 5000, family: str | None = No
             a path.
         max_rows: use the first ``max_rows`` rows (the paper's ``MAX_AMT=5000``, spec §1.6).
         family: family to record; defaults to the bundled family, or ``"user"`` for files.
+        multiclass: accept two or more classes (labels ``0..C-1``, ``Dataset.n_classes == C``)
+            instead of exactly two; a two-class file loads exactly as without it.
 
     Returns:
         The :class:`Dataset`, labels encoded by :func:`encode_labels`.
 
     Raises:
         DatasetError: unknown name, missing/unsupported/corrupt/non-UTF-8 file, missing columns,
-            empty or non-string prompt, missing target, not exactly two classes, no rows.
+            empty or non-string prompt, missing target, not exactly two classes (``multiclass``:
+            fewer than two), no rows.
         ConfigError: ``max_rows < 1``.
     """
     if isinstance(max_rows, bool) or not isinstance(max_rows, (int, np.integer)) or max_rows < 1:
@@ -471,8 +515,8 @@ def load_dataset(spec: str | Path, max_rows: int = 5000, family: str | None = No
         path, name, family = info.path, info.name, family or info.family
 
     table = _read_table(path, int(max_rows))
-    _validate(path, table)
-    labels, classes = encode_labels(table.targets, source=str(path))
+    _validate(path, table, multiclass=multiclass)
+    labels, classes = encode_labels(table.targets, source=str(path), multiclass=multiclass)
     prompts = tuple(table.prompts)
     dataset = Dataset(
         name=name,

@@ -970,3 +970,64 @@ def load_ood_pair(
             )
     ood_dataset = load_dataset(ood_spec, max_rows=max_rows)
     return id_dataset, match_ood_classes(id_dataset, ood_dataset, class_map)
+
+
+def stratified_split(
+    labels: np.ndarray, sizes: Sequence[int | None], seed: int, source: str = "dataset"
+) -> list[np.ndarray]:
+    """Disjoint stratified parts of the rows of ``labels`` (any number of classes).
+
+    Each part keeps the class shares of the whole: part ``p`` takes ``floor(n_p * N_c / N)`` rows
+    of class ``c`` and the rows left to fill ``n_p`` go to the classes with the largest remainders
+    (Hamilton's method, ties to the smaller class index; a class with no rows left passes its
+    share to the next); rows are drawn without replacement, in
+    part order, from one permutation per class (``np.random.default_rng(seed)``), and each part is
+    returned sorted. A size of None means every row the earlier parts left (only last).
+
+    Raises:
+        DatasetError: the parts need more rows than ``labels`` has, or a part would be empty.
+    """
+    y = np.asarray(labels)
+    n = int(y.shape[0])
+    classes, counts = np.unique(y, return_counts=True)
+    fixed = [s for s in sizes if s is not None]
+    if any(s is None for s in sizes[:-1]):
+        raise ConfigError("only the last part of a stratified split may take 'the rest'")
+    if sum(fixed) > n:
+        raise DatasetError(
+            f"{source}: the split needs {sum(fixed)} rows ({', '.join(map(str, sizes))}), "
+            f"the data has {n}"
+        )
+    rng = np.random.default_rng(seed)
+    pools = {int(c): rng.permutation(np.flatnonzero(y == c)) for c in classes}
+    used = dict.fromkeys(pools, 0)
+    parts: list[np.ndarray] = []
+    for size in sizes:
+        if size is None:
+            rest = [pools[c][used[c] :] for c in pools]
+            parts.append(np.sort(np.concatenate(rest)).astype(np.int64))
+            break
+        exact = size * counts / n
+        left = np.array([len(pools[c]) - used[c] for c in classes.tolist()], dtype=np.int64)
+        if size > int(left.sum()):
+            raise DatasetError(
+                f"{source}: the split needs {size} more rows, {int(left.sum())} are left"
+            )
+        take = np.minimum(np.floor(exact).astype(np.int64), left)
+        order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - take[i]), i))
+        while int(take.sum()) < size:  # the rest by largest remainder, classes with rows left
+            for i in order:
+                if int(take.sum()) < size and take[i] < left[i]:
+                    take[i] += 1
+        chosen = []
+        for i, c in enumerate(classes.tolist()):
+            chosen.append(pools[c][used[c] : used[c] + take[i]])
+            used[c] += int(take[i])
+        parts.append(np.sort(np.concatenate(chosen)).astype(np.int64))
+    empty = [i for i, part in enumerate(parts) if part.size == 0]
+    if empty:
+        raise DatasetError(
+            f"{source}: split part {empty[0] + 1} of {len(sizes)} would be empty "
+            f"(sizes {', '.join(map(str, sizes))} of {n} rows)"
+        )
+    return parts

@@ -56,7 +56,6 @@ A metric whose mean has no term or whose ratio has a zero denominator is left ou
 
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import time
@@ -67,6 +66,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from saelab.activations.extract import (
+    forward_kwargs,
     plan_batches,
     pool_mean,
     resolve_max_length,
@@ -118,13 +118,6 @@ def reconstruct(sae: SAE, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tenso
         out[start:stop] = sae.decode(f, state)
         start = stop
     return out.to(device)
-
-
-def _forward_kwargs(model: torch.nn.Module) -> dict[str, object]:
-    """``use_cache=False`` when the model's forward takes it: no KV cache is built."""
-    params = inspect.signature(model.forward).parameters
-    takes = "use_cache" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-    return {"use_cache": False} if takes else {}
 
 
 def _check_args(handle: ModelHandle, sae: SAE, batch_size: int) -> None:
@@ -207,7 +200,7 @@ def splice_fidelity_many(
     pad_id = 0 if pad_id is None else int(pad_id)
     total = int(tok.offsets[-1])
     model, device = handle.model, handle.device
-    kwargs = _forward_kwargs(model)
+    kwargs = forward_kwargs(model)
     runs = {"zero": torch.zeros_like}
     sums = {
         sid: dict.fromkeys(

@@ -26,31 +26,44 @@ CHECKPOINT_FORMAT = "saelab-sae-training-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def write_checkpoint(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
-    """Write ``tensors`` and the JSON ``meta`` to ``path`` atomically."""
-    doc = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **meta}
+def write_checkpoint(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    fmt: str = CHECKPOINT_FORMAT,
+    version: int = CHECKPOINT_VERSION,
+) -> None:
+    """Write ``tensors`` and the JSON ``meta`` (with ``format`` / ``version``) to ``path``
+    atomically."""
+    doc = {"format": fmt, "version": version, **meta}
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(flat, str(tmp), metadata={"saelab": json.dumps(doc)})
 
 
-def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """``(tensors, meta)`` of a checkpoint; ConfigError naming the file when it is unreadable."""
+def read_checkpoint(
+    path: Path,
+    fmt: str = CHECKPOINT_FORMAT,
+    version: int = CHECKPOINT_VERSION,
+    what: str = "training checkpoint",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """``(tensors, meta)`` of a checkpoint written with ``fmt`` / ``version``; ConfigError naming
+    the file when it is unreadable or of another format or version."""
     try:
         with safe_open(str(path), framework="pt") as fh:
             raw = (fh.metadata() or {}).get("saelab")
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118
     except (SafetensorError, OSError) as exc:
-        raise ConfigError(f"{path}: unreadable training checkpoint ({exc}); delete it") from None
+        raise ConfigError(f"{path}: unreadable {what} ({exc}); delete it") from None
     try:
         meta = json.loads(raw) if raw else None
     except json.JSONDecodeError:
         meta = None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a saelab training checkpoint; delete it or move it away")
-    if meta.get("version") != CHECKPOINT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise ConfigError(f"{path}: not a saelab {what}; delete it or move it away")
+    if meta.get("version") != version:
         raise ConfigError(
-            f"{path}: checkpoint version {meta.get('version')!r}, expected {CHECKPOINT_VERSION}; "
+            f"{path}: {what} version {meta.get('version')!r}, expected {version}; "
             "delete it to start over"
         )
     return tensors, meta
