@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-# Benchmarks write their sections of benchmarks/RESULTS.md (about 3.5 hours in all on 2 cores).
+# Benchmarks write their sections of benchmarks/RESULTS.md (about 4 hours in all on 2 cores).
 bench: $(STAMP)
 	cd benchmarks && ../$(BIN)/python extract_speed.py
 	cd benchmarks && ../$(BIN)/python regime_speed.py
@@ -41,6 +41,7 @@ bench: $(STAMP)
 	cd benchmarks && ../$(BIN)/python probe_engine.py
 	cd benchmarks && ../$(BIN)/python cost_curve.py
 	cd benchmarks && ../$(BIN)/python sae_eval.py
+	cd benchmarks && ../$(BIN)/python ception.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -12,7 +12,9 @@ There is no peer run beside it: the authors' language-model code (SAE-ception-2.
 results and needs GPT-2 from the hub and a GPU; their published vision figures are quoted as
 figures only.
 
-Usage: ``cd benchmarks && ../.venv/bin/python ception.py [--out DIR] [--set KEY=VALUE ...]``.
+Usage: ``cd benchmarks && ../.venv/bin/python ception.py [--out DIR] [--set KEY=VALUE ...]
+[--section NAME]`` (``--set cycle.lambda_aux=1.0 --section ception_sst2_lambda1``: the same check
+with a 10x stronger pull).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import argparse
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
+import yaml
 from results_md import write_section
 
 from saelab.ception.names import CHECKED_METRICS
@@ -67,10 +71,13 @@ def _cell(row: pd.Series) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--out", default=str(Path(__file__).parent / "out" / "ception_sst2"))
+    parser.add_argument("--out", default=None, help="default: out/<section>, emptied first")
     parser.add_argument("--set", action="append", default=[])
+    parser.add_argument("--section", default="ception_sst2", help="RESULTS.md section name")
     args = parser.parse_args()
-    out = Path(args.out)
+    out = Path(args.out) if args.out else Path(__file__).parent / "out" / args.section
+    if not args.out and out.exists():
+        shutil.rmtree(out)  # the benchmark's own folder: a rerun starts from empty
     if out.exists() and any(out.iterdir()):
         sys.exit(f"{out} is not empty: the benchmark times a run from an empty folder")
     cmd = ["/usr/bin/time", "-v", str(BIN / "saelab"), "ception", "--out", str(out)]
@@ -85,6 +92,7 @@ def main() -> None:
         sys.exit(f"saelab ception failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     peak = _peak_rss_gb(proc.stderr)
     cycles = pd.read_parquet(out / "cycles.parquet")
+    cfg = yaml.safe_load((out / "config.yaml").read_text("utf-8"))
 
     summary = summarize(cycles, [m for m in TABLE_METRICS if m in cycles.columns])
     checks = check_against_controls(cycles, CHECKED_METRICS)
@@ -100,7 +108,8 @@ def main() -> None:
         f"({os.cpu_count()} CPU cores, no GPU), `saelab ception` with its defaults "
         "(all-MiniLM-L6-v2 on 92_glue_sst2: 1024 train / 256 validation / 1000 test rows; TopK "
         "SAE 4x, k 32, on the mean-pooled output of block 5; the last 2 blocks and the head "
-        "trained; 3 cycles x 4 strategies x 3 seeds; lambda 0.1, K 10), empty output folder.",
+        f"trained; 3 cycles x 4 strategies x 3 seeds; lambda {cfg['cycle']['lambda_aux']}, "
+        f"K {cfg['cycle']['sharpen_k']}), empty output folder.",
         "",
         f"- **Wall time: {wall / 60:.1f} min** (target <= 45 min: "
         f"{'met' if wall <= 45 * 60 else 'missed'}); peak memory "

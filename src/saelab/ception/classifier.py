@@ -342,11 +342,18 @@ def _checkpointing(clf: Classifier, enabled: bool):
             f"{clf.handle.name} does not support gradient checkpointing; set "
             "classifier.gradient_checkpointing: false"
         )
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     try:
         yield
     finally:
-        model.gradient_checkpointing_disable()
+        if hasattr(model, "activation_checkpointing_disable"):
+            model.activation_checkpointing_disable()
+        else:
+            model.gradient_checkpointing_disable()
 
 
 def fine_tune(
