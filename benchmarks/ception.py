@@ -62,6 +62,17 @@ def _peak_rss_gb(stderr: str) -> float | None:
     return int(match.group(1)) / 1024**2 if match else None
 
 
+def _wall_seconds(text: str) -> float:
+    """``Elapsed (wall clock) time`` of ``/usr/bin/time -v`` in seconds."""
+    match = re.search(r"Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): ([\d:.]+)", text)
+    if not match:
+        sys.exit("no /usr/bin/time output in the console log")
+    seconds = 0.0
+    for part in match.group(1).split(":"):
+        seconds = seconds * 60 + float(part)
+    return seconds
+
+
 def _cell(row: pd.Series) -> str:
     if pd.isna(row["ci_low"]):
         return f"{row['mean']:.3f}"
@@ -74,23 +85,34 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: out/<section>, emptied first")
     parser.add_argument("--set", action="append", default=[])
     parser.add_argument("--section", default="ception_sst2", help="RESULTS.md section name")
+    parser.add_argument(
+        "--existing",
+        action="store_true",
+        help="do not run: write the section from a finished --out folder (its console log)",
+    )
     args = parser.parse_args()
     out = Path(args.out) if args.out else Path(__file__).parent / "out" / args.section
-    if not args.out and out.exists():
-        shutil.rmtree(out)  # the benchmark's own folder: a rerun starts from empty
-    if out.exists() and any(out.iterdir()):
-        sys.exit(f"{out} is not empty: the benchmark times a run from an empty folder")
-    cmd = ["/usr/bin/time", "-v", str(BIN / "saelab"), "ception", "--out", str(out)]
-    cmd += [x for s in args.set for x in ("--set", s)]
-    cmd.append("--no-progress")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    (out / "benchmark_console.txt").write_text(proc.stdout + "\n" + proc.stderr[-20000:])
-    if proc.returncode != 0:
-        sys.exit(f"saelab ception failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    peak = _peak_rss_gb(proc.stderr)
+    if args.existing:
+        console = (out / "benchmark_console.txt").read_text("utf-8")
+        wall = _wall_seconds(console)
+        stderr = console
+    else:
+        if not args.out and out.exists():
+            shutil.rmtree(out)  # the benchmark's own folder: a rerun starts from empty
+        if out.exists() and any(out.iterdir()):
+            sys.exit(f"{out} is not empty: the benchmark times a run from an empty folder")
+        cmd = ["/usr/bin/time", "-v", str(BIN / "saelab"), "ception", "--out", str(out)]
+        cmd += [x for s in args.set for x in ("--set", s)]
+        cmd.append("--no-progress")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        (out / "benchmark_console.txt").write_text(proc.stdout + "\n" + proc.stderr[-20000:])
+        if proc.returncode != 0:
+            sys.exit(f"saelab ception failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+        stderr = proc.stderr
+    peak = _peak_rss_gb(stderr)
     cycles = pd.read_parquet(out / "cycles.parquet")
     cfg = yaml.safe_load((out / "config.yaml").read_text("utf-8"))
 
@@ -165,9 +187,9 @@ def main() -> None:
             f"| {r['strategy']} | {r['cycle']} | {100 * r['diff_mean']:+.2f} pts | "
             f"{100 * r['diff_se']:.2f} | {bool(r['within'])} |"
         )
-    write_section(
-        "ception_sst2", "## SAE-ception on SST-2 (benchmarks/ception.py)\n\n" + "\n".join(lines)
-    )
+    overrides = " ".join(f"--set {x}" for x in args.set)
+    title = f"## SAE-ception on SST-2 (benchmarks/ception.py{' ' + overrides if overrides else ''})"
+    write_section(args.section, title + "\n\n" + "\n".join(lines))
     print("\n".join(lines))
 
 
